@@ -1,0 +1,1 @@
+"""hidsd-controller: presence registry, ack ledger and answers to hidsctl over NATS."""

@@ -1,0 +1,110 @@
+"""`hidsd-controller` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from hidsd.core.errors import ConfigError, HidsError
+
+from controller.service import Controller, ControllerSettings
+
+
+def _split(v: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in v.split(",") if x.strip())
+
+
+def load_settings(args: argparse.Namespace) -> ControllerSettings:
+    """Flags win over HIDSD_CONTROLLER_* env, which wins over the TOML file."""
+    raw: dict[str, Any] = {}
+    if args.config:
+        try:
+            raw = tomllib.loads(Path(args.config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read controller settings {args.config}: {exc}",
+                              field="config") from exc  # fmt: skip
+    env = os.environ
+
+    def pick(flag: str | None, var: str, key: str, default: Any) -> Any:
+        if flag:
+            return flag
+        if var in env:
+            return env[var]
+        return raw.get(key, default)
+
+    servers = pick(args.nats, "HIDSD_CONTROLLER_NATS", "nats_servers", "nats://127.0.0.1:4222")
+    sys_servers = pick(args.sys_nats, "HIDSD_CONTROLLER_SYS_NATS", "sys_nats_servers", "")
+    etcd = pick(args.etcd, "HIDSD_CONTROLLER_ETCD", "etcd_endpoints", "127.0.0.1:2379")
+    as_tuple = lambda v: _split(v) if isinstance(v, str) else tuple(v)  # noqa: E731
+    if not as_tuple(servers):
+        raise ConfigError("controller: list at least one NATS server", field="nats_servers")
+    factor = raw.get("offline_timeout_factor", 3.0)
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 1:
+        raise ConfigError("offline_timeout_factor: expected a number > 1", field="offline_timeout_factor")
+    return ControllerSettings(
+        servers=as_tuple(servers),
+        sys_servers=as_tuple(sys_servers),
+        etcd_endpoints=as_tuple(etcd),
+        etcd_user=raw.get("etcd_user") or env.get("HIDSD_CONTROLLER_ETCD_USER"),
+        etcd_password=raw.get("etcd_password") or env.get("HIDSD_CONTROLLER_ETCD_PASSWORD"),
+        timeout_factor=float(factor),
+        name=pick(args.name, "HIDSD_CONTROLLER_NAME", "name", socket.gethostname()),
+    )
+
+
+async def serve(settings: ControllerSettings) -> int:
+    ctl = Controller(settings)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    count = [0]
+
+    def on_signal() -> None:
+        count[0] += 1
+        ctl.should_exit.set()
+        if count[0] > 1 and task is not None:
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    return await ctl.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hidsd-controller")
+    p.add_argument("-c", "--config", help="controller settings (TOML)")
+    p.add_argument("--nats", help="comma-separated NATS URLs (application account)")
+    p.add_argument("--sys-nats", help="NATS URLs with system-account credentials, for "
+                   "connect/disconnect advisories (exact presence)")  # fmt: skip
+    p.add_argument("--etcd", help="comma-separated etcd endpoints host:port")
+    p.add_argument("--name", help="this controller's name (default: hostname)")
+    p.add_argument("--log-format", default=os.environ.get("HIDSD_LOG_FORMAT", "auto"))
+    p.add_argument("--log-level", default=os.environ.get("HIDSD_LOG_LEVEL", "info"))
+    args = p.parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ConfigError as exc:
+        print(f"hidsd-controller: {exc.message}", file=sys.stderr)
+        return 2
+    from hidsd.core.logging import configure
+
+    configure(args.log_level, args.log_format)
+    import uvloop
+
+    try:
+        return uvloop.run(serve(settings))
+    except asyncio.CancelledError:
+        return 130
+    except HidsError as exc:
+        print(f"hidsd-controller: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Presence registry: who is online, who went silent, and what each agent last reported.
+
+Pure state (no I/O). Two inputs decide online/offline:
+
+* NATS's own connect/disconnect advisories (system account): an agent whose process dies or
+  whose connection closes is offline within the server's notice, milliseconds on loopback.
+  Advisories are matched on (server, client id), so a late disconnect of an old connection
+  does not mark a reconnected agent offline.
+* Heartbeat timeout, the backstop for what TCP does not show (a paused or partitioned agent):
+  offline after `timeout_factor` x the agent's own heartbeat interval.
+
+A `bye` heartbeat (clean shutdown) marks the agent offline at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from hidsd.bus.protocol import FLEET_TARGET, Heartbeat, Scope
+
+AGENT_CLIENT_PREFIX = "hidsd:"
+
+
+class Liveness(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+@dataclass(slots=True)
+class AgentRecord:
+    host: str
+    heartbeat: Heartbeat | None = None
+    liveness: Liveness = Liveness.ONLINE
+    reason: str = ""
+    last_seen: float = 0.0
+    changed_at: float = 0.0
+    conn: tuple[str, int] | None = None
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        hb = self.heartbeat
+        d: dict[str, Any] = {
+            "host": self.host,
+            "liveness": self.liveness.value,
+            "reason": self.reason,
+            "last_seen": self.last_seen,
+            "last_seen_ago_s": round(now - self.last_seen, 3) if self.last_seen else None,
+            "since": self.changed_at,
+        }
+        if hb is not None:
+            d.update(
+                mode=hb.mode.value,
+                groups=list(hb.groups),
+                version=hb.version,
+                applied_rev=hb.applied_rev,
+                held=hb.held,
+                interval_s=hb.interval_s,
+                uptime_s=hb.uptime_s,
+                cpu_pct=hb.cpu_pct,
+                rss_bytes=hb.rss_bytes,
+                facts=hb.facts,
+                rejections=hb.rejections,
+                seq=hb.seq,
+            )
+        return d
+
+
+@dataclass(slots=True)
+class Presence:
+    timeout_factor: float = 3.0
+    min_timeout_s: float = 1.0
+    agents: dict[str, AgentRecord] = field(default_factory=dict)
+    transitions: int = 0
+
+    def _set(self, rec: AgentRecord, liveness: Liveness, reason: str, now: float) -> None:
+        if rec.liveness is not liveness:
+            self.transitions += 1
+            rec.changed_at = now
+        rec.liveness = liveness
+        rec.reason = reason
+
+    def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
+        rec = self.agents.get(hb.host)
+        if rec is None:
+            rec = self.agents[hb.host] = AgentRecord(hb.host, changed_at=now)
+        rec.heartbeat = hb
+        rec.last_seen = now
+        if hb.bye:
+            self._set(rec, Liveness.OFFLINE, "shut down", now)
+        else:
+            self._set(rec, Liveness.ONLINE, "heartbeat", now)
+
+    @staticmethod
+    def host_of(client_name: str) -> str | None:
+        if client_name.startswith(AGENT_CLIENT_PREFIX):
+            return client_name[len(AGENT_CLIENT_PREFIX) :] or None
+        return None
+
+    def on_connect(self, client_name: str, conn: tuple[str, int], now: float) -> None:
+        host = self.host_of(client_name)
+        if host is None:
+            return
+        rec = self.agents.get(host)
+        if rec is None:
+            rec = self.agents[host] = AgentRecord(host, changed_at=now)
+        rec.conn = conn
+        rec.last_seen = now
+        self._set(rec, Liveness.ONLINE, "connected", now)
+
+    def on_disconnect(self, client_name: str, conn: tuple[str, int], reason: str, now: float) -> None:
+        host = self.host_of(client_name)
+        rec = self.agents.get(host) if host else None
+        if rec is None:
+            return
+        if rec.conn is not None and rec.conn != conn:
+            return  # an older connection closed; the agent is on a newer one
+        rec.conn = None
+        self._set(rec, Liveness.OFFLINE, f"disconnected: {reason}" if reason else "disconnected", now)
+
+    def sweep(self, now: float) -> list[str]:
+        """Mark agents whose heartbeats stopped as offline; returns who changed."""
+        gone = []
+        for rec in self.agents.values():
+            if rec.liveness is Liveness.OFFLINE or rec.heartbeat is None:
+                continue
+            limit = max(self.min_timeout_s, rec.heartbeat.interval_s * self.timeout_factor)
+            if now - rec.last_seen > limit:
+                self._set(rec, Liveness.OFFLINE, f"no heartbeat for {now - rec.last_seen:.1f}s", now)
+                gone.append(rec.host)
+        return gone
+
+    def matching(self, scope: Scope, target: str) -> list[AgentRecord]:
+        out = []
+        for rec in self.agents.values():
+            if scope is Scope.FLEET and target == FLEET_TARGET:
+                out.append(rec)
+            elif scope is Scope.HOST and rec.host == target:
+                out.append(rec)
+            elif (
+                scope is Scope.GROUP
+                and rec.heartbeat is not None
+                and target in rec.heartbeat.groups
+            ):
+                out.append(rec)
+        return out
+
+    def expected(self, scope: Scope, target: str) -> dict[str, list[str]]:
+        """Who should ack a command for (scope, target): online and offline hosts by name."""
+        recs = self.matching(scope, target)
+        return {
+            "online": sorted(r.host for r in recs if r.liveness is Liveness.ONLINE),
+            "offline": sorted(r.host for r in recs if r.liveness is Liveness.OFFLINE),
+        }

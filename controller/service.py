@@ -1,0 +1,296 @@
+"""hidsd-controller: presence, ack ledger, answers to hidsctl.
+
+Every controller subscribes to all heartbeats, acks and connection advisories (so each has the
+whole picture and any one can answer), and serves hidsctl requests through a NATS queue group
+(so requests are spread over however many controllers run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from controller.presence import Liveness, Presence
+from hidsd import __version__
+from hidsd.bus.protocol import (
+    CONTROLLER_QUEUE,
+    Ack,
+    KeyLayout,
+    Scope,
+    Subjects,
+    decode_ack,
+    decode_heartbeat,
+    decode_request,
+    encode_reply,
+)
+from hidsd.bus.store import Store
+from hidsd.bus.transport import Bus, BusOptions
+from hidsd.core.errors import HidsError, ProtocolError
+
+#: How many commands' acks the ledger keeps (oldest evicted first, and counted).
+LEDGER_SIZE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    servers: tuple[str, ...]
+    etcd_endpoints: tuple[str, ...]
+    etcd_user: str | None = None
+    etcd_password: str | None = None
+    sys_servers: tuple[str, ...] = ()
+    subject_prefix: str = "hidsd"
+    key_prefix: str = "/hidsd/"
+    timeout_factor: float = 3.0
+    sweep_s: float = 0.5
+    name: str = "controller"
+
+
+class AckLedger:
+    """Acks per command, bounded; what falls off the end is counted."""
+
+    def __init__(self, size: int = LEDGER_SIZE) -> None:
+        self.size = size
+        self.commands: OrderedDict[str, dict[str, Ack]] = OrderedDict()
+        self.evicted = 0
+
+    def record(self, ack: Ack) -> None:
+        acks = self.commands.get(ack.cmd_id)
+        if acks is None:
+            acks = self.commands[ack.cmd_id] = {}
+            while len(self.commands) > self.size:
+                self.commands.popitem(last=False)
+                self.evicted += 1
+        acks[ack.host] = ack
+
+    def get(self, cmd_id: str) -> dict[str, Ack] | None:
+        return self.commands.get(cmd_id)
+
+
+def host_desired_revision(
+    keys: KeyLayout, revisions: dict[str, int], host: str, groups: tuple[str, ...]
+) -> int:
+    """The newest desired-state revision that governs one host (0 if none is written)."""
+    return max((revisions.get(k, 0) for k in keys.applicable(host, groups)), default=0)
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class Controller:
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.subjects = Subjects(settings.subject_prefix)
+        self.keys = KeyLayout(settings.key_prefix)
+        self.presence = Presence(timeout_factor=settings.timeout_factor)
+        self.ledger = AckLedger()
+        self.counters: Counter[str] = Counter()
+        self.started = time.time()
+        self.should_exit = asyncio.Event()
+        self.log: Any = structlog.get_logger("hidsd.controller").bind(name=settings.name)
+        self.bus = Bus(BusOptions(servers=settings.servers, name=f"hidsd-controller:{settings.name}"))
+        self.sys_bus: Bus | None = None
+        if settings.sys_servers:
+            self.sys_bus = Bus(
+                BusOptions(servers=settings.sys_servers, name=f"hidsd-controller-sys:{settings.name}")
+            )
+        self.store = Store(
+            settings.etcd_endpoints, settings.etcd_user, settings.etcd_password, timeout_s=1.0
+        )
+        self.handlers: dict[str, Handler] = {
+            "agents.list": self.h_agents_list,
+            "agents.show": self.h_agents_show,
+            "fleet.status": self.h_fleet_status,
+            "expected": self.h_expected,
+            "acks": self.h_acks,
+            "ping": self.h_ping,
+        }
+
+    # ------------------------------------------------------------------ inputs
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        try:
+            hb = decode_heartbeat(msg.data)
+        except ProtocolError as exc:
+            self.counters["bad_heartbeat"] += 1
+            self.log.warning("bad_heartbeat", subject=msg.subject, error=exc.message)
+            return
+        if msg.subject != self.subjects.heartbeat(hb.host):
+            self.counters["heartbeat_subject_mismatch"] += 1
+            return
+        before = self.presence.agents.get(hb.host)
+        was = before.liveness if before else None
+        self.presence.on_heartbeat(hb, time.time())
+        self.counters["heartbeats"] += 1
+        rec = self.presence.agents[hb.host]
+        if was is not rec.liveness:
+            self.log.info("presence", host=hb.host, liveness=rec.liveness.value, reason=rec.reason)
+
+    async def on_ack(self, msg: Msg) -> None:
+        try:
+            ack = decode_ack(msg.data)
+        except ProtocolError as exc:
+            self.counters["bad_ack"] += 1
+            self.log.warning("bad_ack", subject=msg.subject, error=exc.message)
+            return
+        self.ledger.record(ack)
+        self.counters["acks"] += 1
+
+    async def on_advisory(self, msg: Msg) -> None:
+        try:
+            event = json.loads(msg.data)
+            client = event["client"]
+            conn = (str(event["server"]["id"]), int(client["id"]))
+            name = str(client.get("name", ""))
+        except (ValueError, KeyError, TypeError):
+            self.counters["bad_advisory"] += 1
+            return
+        now = time.time()
+        host = self.presence.host_of(name)
+        if host is None:
+            return
+        if msg.subject.endswith(".CONNECT"):
+            self.presence.on_connect(name, conn, now)
+        else:
+            self.presence.on_disconnect(name, conn, str(event.get("reason", "")), now)
+            rec = self.presence.agents.get(host)
+            if rec is not None and rec.liveness is Liveness.OFFLINE:
+                self.log.info("presence", host=host, liveness="offline", reason=rec.reason)
+        self.counters["advisories"] += 1
+
+    # ------------------------------------------------------------------ requests
+
+    async def on_request(self, msg: Msg) -> None:
+        verb = msg.subject.rsplit(".ctl.", 1)[-1]
+        handler = self.handlers.get(verb)
+        try:
+            if handler is None:
+                raise ProtocolError(f"unknown request {verb!r}")
+            params = decode_request(msg.data)
+            reply = encode_reply(await handler(params))
+        except HidsError as exc:
+            reply = encode_reply(error=exc.message)
+        if msg.reply:
+            await self.bus.publish(msg.reply, reply)
+
+    async def _desired_revisions(self) -> dict[str, int] | None:
+        try:
+            kvs, _ = await self.store.get_prefix(self.keys.desired_prefix)
+        except HidsError:
+            return None
+        return {kv.key: kv.mod_revision for kv in kvs}
+
+    def _agent_view(self, revisions: dict[str, int] | None, now: float) -> list[dict[str, Any]]:
+        out = []
+        for rec in sorted(self.presence.agents.values(), key=lambda r: r.host):
+            d = rec.to_dict(now)
+            if revisions is not None and rec.heartbeat is not None:
+                want = host_desired_revision(
+                    self.keys, revisions, rec.host, rec.heartbeat.groups
+                )
+                d["desired_rev"] = want
+                d["converged"] = rec.heartbeat.applied_rev >= want
+            else:
+                d["desired_rev"] = None
+                d["converged"] = None
+            out.append(d)
+        return out
+
+    async def h_agents_list(self, params: dict[str, Any]) -> Any:
+        revisions = await self._desired_revisions()
+        return {"agents": self._agent_view(revisions, time.time()), "store_ok": revisions is not None}
+
+    async def h_agents_show(self, params: dict[str, Any]) -> Any:
+        host = params.get("host")
+        if host not in self.presence.agents:
+            raise ProtocolError(f"unknown agent {host!r}")
+        revisions = await self._desired_revisions()
+        view = [a for a in self._agent_view(revisions, time.time()) if a["host"] == host]
+        return view[0]
+
+    async def h_fleet_status(self, params: dict[str, Any]) -> Any:
+        revisions = await self._desired_revisions()
+        agents = self._agent_view(revisions, time.time())
+        online = [a for a in agents if a["liveness"] == "online"]
+        by_mode = Counter(a.get("mode", "unknown") for a in online)
+        lagging = sorted(a["host"] for a in agents if a["converged"] is False)
+        return {
+            "agents": len(agents),
+            "online": len(online),
+            "offline": len(agents) - len(online),
+            "offline_hosts": sorted(a["host"] for a in agents if a["liveness"] == "offline"),
+            "by_mode": dict(by_mode),
+            "held": sorted(a["host"] for a in agents if a.get("held")),
+            "not_converged": lagging,
+            "store_ok": revisions is not None,
+            "desired": revisions or {},
+        }
+
+    async def h_expected(self, params: dict[str, Any]) -> Any:
+        try:
+            scope = Scope(params["scope"])
+            target = str(params["target"])
+        except (KeyError, ValueError) as exc:
+            raise ProtocolError("expected: needs scope and target") from exc
+        return self.presence.expected(scope, target)
+
+    async def h_acks(self, params: dict[str, Any]) -> Any:
+        acks = self.ledger.get(str(params.get("cmd_id", "")))
+        if acks is None:
+            raise ProtocolError("no acks recorded for that command (unknown or evicted)")
+        return {h: {"status": a.status.value, "rev": a.rev, "detail": a.detail} for h, a in acks.items()}
+
+    async def h_ping(self, params: dict[str, Any]) -> Any:
+        return {
+            "name": self.settings.name,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started, 3),
+            "counters": dict(self.counters),
+            "presence_events": self.sys_bus is not None,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_s)
+            for host in self.presence.sweep(time.time()):
+                rec = self.presence.agents[host]
+                self.log.info("presence", host=host, liveness="offline", reason=rec.reason)
+
+    async def run(self) -> int:
+        await self.store.open()
+        await self.bus.connect(stop=self.should_exit)
+        if self.sys_bus is not None:
+            await self.sys_bus.connect(stop=self.should_exit)
+        try:
+            s = self.subjects
+            await self.bus.subscribe(s.heartbeat_all(), self.on_heartbeat)
+            await self.bus.subscribe(s.ack_all(), self.on_ack)
+            await self.bus.subscribe(s.ctl_all(), self.on_request, queue=CONTROLLER_QUEUE)
+            if self.sys_bus is not None:
+                await self.sys_bus.subscribe("$SYS.ACCOUNT.*.CONNECT", self.on_advisory)
+                await self.sys_bus.subscribe("$SYS.ACCOUNT.*.DISCONNECT", self.on_advisory)
+            else:
+                self.log.warning(
+                    "no_system_account",
+                    detail="offline detection relies on heartbeat timeouts only",
+                )
+            self.log.info("controller_running", version=__version__)
+            async with asyncio.TaskGroup() as tg:
+                sweeper = tg.create_task(self._sweep(), name="sweep")
+                await self.should_exit.wait()
+                sweeper.cancel()
+        finally:
+            if self.sys_bus is not None:
+                await self.sys_bus.close(1.0)
+            await self.bus.close(1.0)
+            await self.store.close()
+        return 0

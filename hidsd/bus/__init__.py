@@ -1,0 +1,1 @@
+"""The bus: protocol (pure), command signing, NATS transport and the etcd store adapter."""

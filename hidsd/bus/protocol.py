@@ -1,0 +1,473 @@
+"""The wire and store protocol, in one pure module: names, layouts, encode and decode on bytes.
+
+Nothing here does I/O or holds state. Every decoder takes untrusted bytes and either returns a
+validated value or raises `ProtocolError`; policy (trust, replay, revisions) lives elsewhere.
+
+Commands are signed as bytes, not objects: the envelope is the msgpack array
+``[body_bytes, key_id, signature]`` and the body is the msgpack map
+``{v, id, kind, scope, target, rev, issued_at, expires_at, args}``. The same envelope, with
+``rev = 0``, is the value of a desired-state key in etcd; there the key's ``mod_revision`` is
+the revision.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+from hidsd.core.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+DEFAULT_SUBJECT_PREFIX = "hidsd"
+DEFAULT_KEY_PREFIX = "/hidsd/"
+#: Commands are small; anything larger is refused before it is decoded.
+MAX_COMMAND_BYTES = 16 * 1024
+#: Upper bound on a command's validity window; bounds the replay cache too.
+MAX_COMMAND_TTL_S = 3600.0
+#: Target of a fleet-wide command.
+FLEET_TARGET = "*"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+class Scope(StrEnum):
+    """Who a command or a desired state is for."""
+
+    FLEET = "fleet"
+    GROUP = "group"
+    HOST = "host"
+
+
+class CommandKind(StrEnum):
+    """Typed commands (E3). Stop/resume are the kill switch."""
+
+    STOP = "stop"
+    RESUME = "resume"
+
+
+class RunMode(StrEnum):
+    """The agent's run mode: `stopped` halts all HIDS work but keeps the control channel."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    EXITING = "exiting"
+
+
+class AckStatus(StrEnum):
+    """What an agent says about a command addressed to it."""
+
+    APPLIED = "applied"
+    SUPERSEDED = "superseded"
+    REJECTED = "rejected"
+
+
+def desired_mode(kind: CommandKind) -> RunMode:
+    """The run mode a kill-switch command asks for."""
+    return RunMode.STOPPED if kind is CommandKind.STOP else RunMode.RUNNING
+
+
+def check_name(value: str, what: str) -> str:
+    """Host ids and group names become subject tokens and key segments: keep them plain."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ProtocolError(
+            f"invalid {what} {value!r}: use 1-128 letters, digits, '-' or '_' "
+            "(no dots, spaces or wildcards)",
+            field=what,
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- subjects
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """NATS subject names under a configurable prefix."""
+
+    prefix: str = DEFAULT_SUBJECT_PREFIX
+
+    def cmd_all(self) -> str:
+        return f"{self.prefix}.cmd.all"
+
+    def cmd_group(self, group: str) -> str:
+        return f"{self.prefix}.cmd.group.{group}"
+
+    def cmd_host(self, host: str) -> str:
+        return f"{self.prefix}.cmd.host.{host}"
+
+    def cmd_for(self, scope: Scope, target: str) -> str:
+        if scope is Scope.FLEET:
+            return self.cmd_all()
+        if scope is Scope.GROUP:
+            return self.cmd_group(target)
+        return self.cmd_host(target)
+
+    def ack(self, cmd_id: str) -> str:
+        return f"{self.prefix}.ack.{cmd_id}"
+
+    def ack_all(self) -> str:
+        return f"{self.prefix}.ack.*"
+
+    def heartbeat(self, host: str) -> str:
+        return f"{self.prefix}.hb.{host}"
+
+    def heartbeat_all(self) -> str:
+        return f"{self.prefix}.hb.*"
+
+    def telemetry(self, host: str, plugin: str) -> str:
+        return f"{self.prefix}.tel.{host}.{plugin}"
+
+    def ctl(self, verb: str) -> str:
+        """Controller request/reply subjects (served by a queue group)."""
+        return f"{self.prefix}.ctl.{verb}"
+
+    def ctl_all(self) -> str:
+        return f"{self.prefix}.ctl.>"
+
+
+#: Queue group the controllers share for request/reply work.
+CONTROLLER_QUEUE = "hidsd-controllers"
+
+
+# --------------------------------------------------------------------------- etcd keys
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """etcd key layout. Desired state has one key per scope; commands are an audit log."""
+
+    prefix: str = DEFAULT_KEY_PREFIX
+
+    @property
+    def desired_prefix(self) -> str:
+        return f"{self.prefix}desired/"
+
+    def desired(self, scope: Scope, target: str) -> str:
+        if scope is Scope.FLEET:
+            return f"{self.prefix}desired/fleet"
+        return f"{self.prefix}desired/{scope.value}/{target}"
+
+    def applicable(self, host: str, groups: tuple[str, ...]) -> list[str]:
+        """The desired-state keys that govern one agent."""
+        keys = [self.desired(Scope.FLEET, FLEET_TARGET)]
+        keys += [self.desired(Scope.GROUP, g) for g in groups]
+        keys.append(self.desired(Scope.HOST, host))
+        return keys
+
+    def parse_desired(self, key: str) -> tuple[Scope, str]:
+        """Map a desired-state key back to (scope, target); ProtocolError if it is not one."""
+        if not key.startswith(self.desired_prefix):
+            raise ProtocolError("not a desired-state key", key=key)
+        rest = key[len(self.desired_prefix) :]
+        if rest == "fleet":
+            return Scope.FLEET, FLEET_TARGET
+        kind, _, target = rest.partition("/")
+        if kind in (Scope.GROUP.value, Scope.HOST.value) and target:
+            return Scope(kind), target
+        raise ProtocolError("not a desired-state key", key=key)
+
+    def command_log(self, cmd_id: str) -> str:
+        return f"{self.prefix}commands/{cmd_id}"
+
+
+# --------------------------------------------------------------------------- msgpack
+
+
+def _unpack(data: bytes, what: str, max_bytes: int | None = None) -> Any:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"{what}: expected bytes", got=type(data).__name__)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ProtocolError(f"{what}: {len(data)} bytes exceeds {max_bytes}", size=len(data))
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise ProtocolError(f"{what}: malformed msgpack ({type(exc).__name__})") from exc
+
+
+def _pack(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def _field(m: dict[str, Any], name: str, typ: type | tuple[type, ...], what: str) -> Any:
+    if name not in m:
+        raise ProtocolError(f"{what}: missing field {name!r}", field=name)
+    value = m[name]
+    if isinstance(value, bool) and typ in (int, float, (int, float)):
+        raise ProtocolError(f"{what}: field {name!r} has the wrong type", field=name)
+    if not isinstance(value, typ):
+        raise ProtocolError(f"{what}: field {name!r} has the wrong type", field=name)
+    return value
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command body. `rev` is the etcd revision of the desired state it announces."""
+
+    id: str
+    kind: CommandKind
+    scope: Scope
+    target: str
+    rev: int
+    issued_at: float
+    expires_at: float
+    args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unrecorded(self) -> bool:
+        """An emergency stop broadcast while etcd was down: it carries no revision."""
+        return bool(self.args.get("unrecorded")) and self.rev == 0
+
+
+def encode_command_body(cmd: Command) -> bytes:
+    return _pack(
+        {
+            "v": PROTOCOL_VERSION,
+            "id": cmd.id,
+            "kind": cmd.kind.value,
+            "scope": cmd.scope.value,
+            "target": cmd.target,
+            "rev": cmd.rev,
+            "issued_at": cmd.issued_at,
+            "expires_at": cmd.expires_at,
+            "args": cmd.args,
+        }
+    )
+
+
+def decode_command_body(body: bytes) -> Command:
+    m = _unpack(body, "command body")
+    what = "command body"
+    if not isinstance(m, dict):
+        raise ProtocolError(f"{what}: expected a map")
+    version = _field(m, "v", int, what)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"{what}: unsupported protocol version {version}", field="v")
+    cmd_id = check_name(_field(m, "id", str, what), "command id")
+    try:
+        kind = CommandKind(_field(m, "kind", str, what))
+        scope = Scope(_field(m, "scope", str, what))
+    except ValueError as exc:
+        raise ProtocolError(f"{what}: {exc}") from exc
+    target = _field(m, "target", str, what)
+    if scope is Scope.FLEET:
+        if target != FLEET_TARGET:
+            raise ProtocolError(f"{what}: fleet commands target '*'", field="target")
+    else:
+        check_name(target, "target")
+    rev = _field(m, "rev", int, what)
+    if rev < 0:
+        raise ProtocolError(f"{what}: negative revision", field="rev")
+    issued_at = float(_field(m, "issued_at", (int, float), what))
+    expires_at = float(_field(m, "expires_at", (int, float), what))
+    args = _field(m, "args", dict, what)
+    return Command(cmd_id, kind, scope, target, rev, issued_at, expires_at, args)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    body: bytes
+    key_id: str
+    sig: bytes
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    return _pack([env.body, env.key_id, env.sig])
+
+
+class Unsigned(ProtocolError):
+    """Decoded, but carries no signature (a bare body or an empty signature)."""
+
+
+def decode_envelope(data: bytes, max_bytes: int = MAX_COMMAND_BYTES) -> Envelope:
+    """Split an envelope; raises `Unsigned` for bare or unsigned bodies, ProtocolError else."""
+    obj = _unpack(data, "command envelope", max_bytes)
+    if isinstance(obj, dict):
+        raise Unsigned("command is not signed: a bare body was sent without an envelope")
+    if not isinstance(obj, list) or len(obj) != 3:
+        raise ProtocolError("command envelope: expected [body, key_id, signature]")
+    body, key_id, sig = obj
+    if not isinstance(body, bytes) or not isinstance(key_id, str) or not isinstance(sig, bytes):
+        raise ProtocolError("command envelope: wrong element types")
+    if not sig or not key_id:
+        raise Unsigned("command is not signed: empty key id or signature")
+    return Envelope(body, key_id, sig)
+
+
+# --------------------------------------------------------------------------- acks
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    cmd_id: str
+    host: str
+    status: AckStatus
+    rev: int
+    detail: str = ""
+    mode: RunMode = RunMode.RUNNING
+
+
+def encode_ack(ack: Ack) -> bytes:
+    return _pack(
+        {
+            "cmd_id": ack.cmd_id,
+            "host": ack.host,
+            "status": ack.status.value,
+            "rev": ack.rev,
+            "detail": ack.detail,
+            "mode": ack.mode.value,
+        }
+    )
+
+
+def decode_ack(data: bytes) -> Ack:
+    m = _unpack(data, "ack", 4096)
+    if not isinstance(m, dict):
+        raise ProtocolError("ack: expected a map")
+    try:
+        status = AckStatus(_field(m, "status", str, "ack"))
+        mode = RunMode(_field(m, "mode", str, "ack"))
+    except ValueError as exc:
+        raise ProtocolError(f"ack: {exc}") from exc
+    return Ack(
+        cmd_id=_field(m, "cmd_id", str, "ack"),
+        host=_field(m, "host", str, "ack"),
+        status=status,
+        rev=_field(m, "rev", int, "ack"),
+        detail=_field(m, "detail", str, "ack"),
+        mode=mode,
+    )
+
+
+# --------------------------------------------------------------------------- heartbeats
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What an agent tells the fleet about itself (E1, E4). `bye` marks a clean exit."""
+
+    host: str
+    version: str
+    groups: tuple[str, ...]
+    mode: RunMode
+    applied_rev: int
+    held: bool
+    interval_s: float
+    seq: int
+    sent_at: float
+    uptime_s: float
+    cpu_pct: float
+    rss_bytes: int
+    facts: dict[str, Any] = field(default_factory=dict)
+    rejections: dict[str, int] = field(default_factory=dict)
+    bye: bool = False
+
+
+_HB_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("host", str),
+    ("version", str),
+    ("groups", list),
+    ("mode", str),
+    ("applied_rev", int),
+    ("held", bool),
+    ("interval_s", (int, float)),
+    ("seq", int),
+    ("sent_at", (int, float)),
+    ("uptime_s", (int, float)),
+    ("cpu_pct", (int, float)),
+    ("rss_bytes", int),
+    ("facts", dict),
+    ("rejections", dict),
+    ("bye", bool),
+)
+
+
+def encode_heartbeat(hb: Heartbeat) -> bytes:
+    return _pack(
+        {
+            "v": PROTOCOL_VERSION,
+            "host": hb.host,
+            "version": hb.version,
+            "groups": list(hb.groups),
+            "mode": hb.mode.value,
+            "applied_rev": hb.applied_rev,
+            "held": hb.held,
+            "interval_s": hb.interval_s,
+            "seq": hb.seq,
+            "sent_at": hb.sent_at,
+            "uptime_s": hb.uptime_s,
+            "cpu_pct": hb.cpu_pct,
+            "rss_bytes": hb.rss_bytes,
+            "facts": hb.facts,
+            "rejections": hb.rejections,
+            "bye": hb.bye,
+        }
+    )
+
+
+def decode_heartbeat(data: bytes) -> Heartbeat:
+    m = _unpack(data, "heartbeat", 64 * 1024)
+    if not isinstance(m, dict):
+        raise ProtocolError("heartbeat: expected a map")
+    values = {name: _field(m, name, typ, "heartbeat") for name, typ in _HB_FIELDS}
+    try:
+        mode = RunMode(values["mode"])
+    except ValueError as exc:
+        raise ProtocolError(f"heartbeat: {exc}") from exc
+    rejections = values["rejections"]
+    if not all(isinstance(k, str) and isinstance(v, int) for k, v in rejections.items()):
+        raise ProtocolError("heartbeat: rejections must map reason to count")
+    return Heartbeat(
+        host=check_name(values["host"], "host id"),
+        version=values["version"],
+        groups=tuple(str(g) for g in values["groups"]),
+        mode=mode,
+        applied_rev=values["applied_rev"],
+        held=values["held"],
+        interval_s=float(values["interval_s"]),
+        seq=values["seq"],
+        sent_at=float(values["sent_at"]),
+        uptime_s=float(values["uptime_s"]),
+        cpu_pct=float(values["cpu_pct"]),
+        rss_bytes=values["rss_bytes"],
+        facts=values["facts"],
+        rejections=rejections,
+        bye=values["bye"],
+    )
+
+
+# --------------------------------------------------------------------------- controller RPC
+
+
+def encode_request(params: dict[str, Any]) -> bytes:
+    return _pack(params)
+
+
+def decode_request(data: bytes) -> dict[str, Any]:
+    m = _unpack(data, "request", 64 * 1024) if data else {}
+    if not isinstance(m, dict):
+        raise ProtocolError("request: expected a map")
+    return m
+
+
+def encode_reply(result: Any = None, error: str | None = None) -> bytes:
+    if error is not None:
+        return _pack({"ok": False, "error": error})
+    return _pack({"ok": True, "result": result})
+
+
+def decode_reply(data: bytes) -> Any:
+    """Return the result or raise ProtocolError carrying the controller's error message."""
+    m = _unpack(data, "reply")
+    if not isinstance(m, dict) or "ok" not in m:
+        raise ProtocolError("reply: expected a map with 'ok'")
+    if not m["ok"]:
+        raise ProtocolError(f"controller error: {m.get('error', 'unknown')}")
+    return m.get("result")

@@ -1,0 +1,193 @@
+"""NATS transport: a server list, failover, reconnect with backoff and jitter, re-subscription.
+
+nats-py re-sends every SUB after a reconnect; we add jittered server selection (so a fleet
+does not reconnect in lockstep after a server restart), a reconnect hook the agent uses to
+resync from etcd, and counters for what the client drops (slow consumers) so nothing is lost
+silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client, Server
+from nats.aio.msg import Msg
+
+from hidsd.core.errors import BusUnavailable, NoResponse
+
+Handler = Callable[[Msg], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BusOptions:
+    servers: tuple[str, ...]
+    name: str
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    reconnect_base_s: float = 0.2
+    reconnect_max_s: float = 10.0
+    connect_timeout_s: float = 2.0
+    ping_interval_s: int = 20
+    max_outstanding_pings: int = 2
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with 'equal jitter': half fixed, half random, never above cap."""
+    ceiling = min(cap, base * (2 ** min(attempt, 20)))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+@dataclass(slots=True)
+class Bus:
+    """One NATS connection with hooks; the only place that knows nats-py's connect options."""
+
+    options: BusOptions
+    on_reconnect: Hook | None = None
+    on_disconnect: Hook | None = None
+    counters: Counter[str] = field(default_factory=Counter)
+    _nc: Client | None = None
+    _rng: random.Random = field(default_factory=random.Random)
+    _log: Any = field(default_factory=lambda: structlog.get_logger("hidsd.bus"))
+
+    @property
+    def client(self) -> Client:
+        if self._nc is None:
+            raise BusUnavailable("not connected to NATS")
+        return self._nc
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def _pick_server(self, servers: list[Server], _info: dict[str, Any]) -> tuple[Server, float]:
+        """Reconnect policy: least-tried server first, after a jittered backoff."""
+        fewest = min(s.reconnects for s in servers)
+        choices = [s for s in servers if s.reconnects == fewest]
+        server = self._rng.choice(choices)
+        delay = backoff_delay(
+            server.reconnects, self.options.reconnect_base_s, self.options.reconnect_max_s,
+            self._rng,
+        )  # fmt: skip
+        return server, delay
+
+    async def _error_cb(self, exc: Exception) -> None:
+        kind = type(exc).__name__
+        self.counters[f"error.{kind}"] += 1
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # nats-py dropped a message because a subscription's pending queue was full.
+            self.counters["dropped_slow_consumer"] += 1
+            self._log.warning("nats_slow_consumer_drop", subject=exc.subject)
+            return
+        self._log.debug("nats_error", error=str(exc) or kind)
+
+    async def _disconnected_cb(self) -> None:
+        if self._nc is None:
+            return  # our own close()
+        self.counters["disconnects"] += 1
+        self._log.info("nats_disconnected")
+        if self.on_disconnect is not None:
+            await self.on_disconnect()
+
+    async def _reconnected_cb(self) -> None:
+        self.counters["reconnects"] += 1
+        url = self._nc.connected_url.netloc if self._nc and self._nc.connected_url else "?"
+        self._log.info("nats_reconnected", server=url)
+        if self.on_reconnect is not None:
+            await self.on_reconnect()
+
+    async def connect(self, stop: asyncio.Event | None = None, attempts: int = 0) -> None:
+        """Connect to any server in the list; retry with jittered backoff.
+
+        attempts=0 retries until `stop` is set; otherwise raises BusUnavailable after that many
+        rounds over the server list.
+        """
+        o = self.options
+        attempt = 0
+        while True:
+            try:
+                self._nc = await nats.connect(
+                    servers=list(o.servers),
+                    name=o.name,
+                    user=o.user,
+                    password=o.password,
+                    token=o.token,
+                    connect_timeout=max(1, round(o.connect_timeout_s)),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    ping_interval=o.ping_interval_s,
+                    max_outstanding_pings=o.max_outstanding_pings,
+                    reconnect_to_server_handler=self._pick_server,
+                    error_cb=self._error_cb,
+                    disconnected_cb=self._disconnected_cb,
+                    reconnected_cb=self._reconnected_cb,
+                )
+                return
+            except (OSError, TimeoutError, nats.errors.Error) as exc:
+                attempt += 1
+                if attempts and attempt >= attempts:
+                    raise BusUnavailable(
+                        f"no NATS server reachable ({', '.join(o.servers)}): {exc or type(exc)}",
+                        servers=list(o.servers),
+                    ) from exc
+                delay = backoff_delay(attempt, o.reconnect_base_s, o.reconnect_max_s, self._rng)
+                self._log.warning("nats_connect_failed", error=str(exc), retry_in_s=round(delay, 2))
+                if stop is None:
+                    await asyncio.sleep(delay)
+                    continue
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    continue
+                raise BusUnavailable("stopped before NATS was reachable") from exc
+
+    async def subscribe(
+        self, subject: str, handler: Handler, queue: str = "", pending_msgs: int = 65536
+    ) -> Any:
+        """Subscribe and make sure the server has the SUB before returning.
+
+        nats-py can return from flush() before the server processed a SUB issued just before
+        (DESIGN.md): yield once so the SUB is written first.
+        """
+        sub = await self.client.subscribe(
+            subject, queue=queue, cb=handler, pending_msgs_limit=pending_msgs
+        )
+        await asyncio.sleep(0)
+        await self.client.flush()
+        return sub
+
+    async def publish(self, subject: str, data: bytes, reply: str = "") -> None:
+        await self.client.publish(subject, data, reply=reply)
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> bytes:
+        """Request/reply; NoResponse when nobody answers in time."""
+        try:
+            msg = await self.client.request(subject, data, timeout=timeout)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError) as exc:
+            raise NoResponse(f"no reply on {subject} within {timeout}s", subject=subject) from exc
+        payload: bytes = msg.data
+        return payload
+
+    async def flush(self, timeout: float = 2.0) -> None:
+        await self.client.flush(timeout=timeout)
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Flush what is buffered, then close; bounded by `timeout`."""
+        nc, self._nc = self._nc, None
+        if nc is None or nc.is_closed:
+            return
+        try:
+            if nc.is_connected:
+                await asyncio.wait_for(nc.flush(), timeout)
+        except (TimeoutError, nats.errors.Error):
+            self._log.warning("nats_flush_on_close_failed")
+        await nc.close()

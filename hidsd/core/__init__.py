@@ -1,0 +1,1 @@
+"""Agent core: settings, lifecycle, run-mode state, logging and errors."""

@@ -1,0 +1,276 @@
+"""The agent: one `Agent.run()` owns every task through one TaskGroup.
+
+Lifecycle, as uvicorn does it: startup (state file, bus, store), main loop (services in the
+TaskGroup), bounded shutdown (a `bye` heartbeat, flush, close) when `should_exit` is set; a
+second signal sets `force_exit` and skips the graceful part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from hidsd import __version__
+from hidsd.bus.protocol import (
+    Heartbeat,
+    KeyLayout,
+    RunMode,
+    Subjects,
+    encode_heartbeat,
+)
+from hidsd.bus.signing import TrustStore
+from hidsd.bus.store import Store
+from hidsd.bus.transport import Bus, BusOptions
+from hidsd.core.commands import CommandService
+from hidsd.core.control import ControlPolicy, ControlState, Decision
+from hidsd.core.convergence import ConvergenceService
+from hidsd.core.errors import ProtocolError
+from hidsd.core.hostinfo import SelfUsage, host_facts
+from hidsd.core.settings import AgentSettings
+
+STATE_FILE = "control-state.msgpack"
+
+
+class StateFile:
+    """The applied control state on disk, so a restart never goes back in time."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / STATE_FILE
+
+    def load(self) -> ControlState | None:
+        try:
+            return ControlState.from_bytes(self.path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def save(self, state: ControlState) -> None:
+        """Atomic replace. fsync only for an emergency hold: anything else etcd re-delivers."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(state.to_bytes())
+            if state.held:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+class WorkGate:
+    """Whether HIDS work may run. The kill switch closes it; work waits on `wait_running`."""
+
+    def __init__(self, running: bool) -> None:
+        self._running = asyncio.Event()
+        if running:
+            self._running.set()
+
+    @property
+    def running(self) -> bool:
+        return self._running.is_set()
+
+    def set(self, running: bool) -> None:
+        if running:
+            self._running.set()
+        else:
+            self._running.clear()
+
+    async def wait_running(self) -> None:
+        await self._running.wait()
+
+
+class HeartbeatService:
+    """Publishes a jittered heartbeat (E1, E4), and one at once when the run mode changes."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.seq = 0
+        self._now = asyncio.Event()
+        self._usage = SelfUsage()
+        self._facts = host_facts()
+        self._rng = random.Random()
+
+    def poke(self) -> None:
+        self._now.set()
+
+    def build(self, bye: bool = False) -> Heartbeat:
+        a = self.agent
+        cpu, rss = self._usage.sample()
+        self.seq += 1
+        state = a.policy.state
+        rejections = a.policy.counters()
+        rejections.update({f"bus.{k}": v for k, v in a.bus.counters.items()})
+        return Heartbeat(
+            host=a.settings.host_id,
+            version=__version__,
+            groups=a.settings.groups,
+            mode=a.mode,
+            applied_rev=state.applied_rev,
+            held=state.held,
+            interval_s=a.settings.heartbeat_s,
+            seq=self.seq,
+            sent_at=time.time(),
+            uptime_s=round(time.monotonic() - a.started, 3),
+            cpu_pct=round(cpu, 2),
+            rss_bytes=rss,
+            facts={**self._facts, "store_ok": a.convergence.store_ok},
+            rejections=rejections,
+            bye=bye,
+        )
+
+    async def send(self, bye: bool = False) -> None:
+        a = self.agent
+        if a.bus.connected:
+            await a.bus.publish(a.subjects.heartbeat(a.settings.host_id), encode_heartbeat(self.build(bye)))
+
+    async def run(self) -> None:
+        interval = self.agent.settings.heartbeat_s
+        while True:
+            await self.send()
+            self._now.clear()
+            try:
+                await asyncio.wait_for(self._now.wait(), interval * self._rng.uniform(0.9, 1.1))
+            except TimeoutError:
+                pass
+
+
+class Agent:
+    """The hidsd agent process."""
+
+    def __init__(self, settings: AgentSettings, ping_interval_s: int = 20) -> None:
+        self.settings = settings
+        self.log: Any = structlog.get_logger("hidsd.agent").bind(host=settings.host_id)
+        self.should_exit = asyncio.Event()
+        self.force_exit = asyncio.Event()
+        self.started = time.monotonic()
+        self.subjects = Subjects(settings.subject_prefix)
+        self.keys = KeyLayout(settings.key_prefix)
+        self.state_file = StateFile(settings.data_dir)
+        self.policy = ControlPolicy(
+            host=settings.host_id,
+            groups=settings.groups,
+            trust=TrustStore.from_b64(list(settings.trusted_keys)),
+            max_command_bytes=settings.max_command_bytes,
+        )
+        self._load_state()
+        self.gate = WorkGate(self.policy.state.mode is RunMode.RUNNING)
+        self.exiting = False
+        n = settings.nats
+        self.bus = Bus(
+            BusOptions(
+                servers=n.servers,
+                name=f"hidsd:{settings.host_id}",
+                user=n.user,
+                password=n.password,
+                token=n.token,
+                reconnect_base_s=n.reconnect_base_s,
+                reconnect_max_s=n.reconnect_max_s,
+                connect_timeout_s=n.connect_timeout_s,
+                ping_interval_s=ping_interval_s,
+            ),
+            on_reconnect=self._on_reconnect,
+        )
+        e = settings.etcd
+        self.store = Store(e.endpoints, e.user, e.password, e.timeout_s)
+        self.commands = CommandService(self.bus, self.policy, self.subjects, self._on_change)
+        self.convergence = ConvergenceService(
+            self.store, self.policy, self.keys, settings.resync_s, self._on_store_decision
+        )
+        self.heartbeat = HeartbeatService(self)
+
+    @property
+    def mode(self) -> RunMode:
+        return RunMode.EXITING if self.exiting else self.policy.state.mode
+
+    def _load_state(self) -> None:
+        try:
+            state = self.state_file.load()
+        except ProtocolError as exc:
+            # Start from scratch: etcd re-delivers the desired state on the first resync.
+            self.log.error("state_file_corrupt", path=str(self.state_file.path), error=exc.message)
+            state = None
+        if state is not None:
+            self.policy.state = state
+            self.log.info("state_loaded", mode=state.mode.value, applied_rev=state.applied_rev,
+                          held=state.held)  # fmt: skip
+
+    def _on_change(self, state: ControlState, decision: Decision) -> None:
+        """Run-mode change: persist first, then open or close the work gate, then report."""
+        try:
+            self.state_file.save(state)
+        except OSError as exc:
+            self.log.error("state_save_failed", error=str(exc))
+        self.gate.set(state.mode is RunMode.RUNNING)
+        self.log.info("mode_changed", mode=state.mode.value, rev=state.applied_rev,
+                      cmd_id=decision.cmd_id, held=state.held, detail=decision.detail)  # fmt: skip
+        self.heartbeat.poke()
+
+    async def _on_store_decision(self, decision: Decision) -> None:
+        if decision.changed:
+            self._on_change(decision.state, decision)
+        if self.bus.connected:
+            await self.commands.ack(decision)
+
+    async def _on_reconnect(self) -> None:
+        self.convergence.request_resync()
+        self.heartbeat.poke()
+
+    async def run(self) -> int:
+        """Run until `should_exit`; returns the process exit code."""
+        await self.store.open()
+        self.log.info("starting", version=__version__, groups=list(self.settings.groups),
+                      mode=self.mode.value, servers=list(self.settings.nats.servers))  # fmt: skip
+        try:
+            await self.bus.connect(stop=self.should_exit)
+        except Exception:
+            await self.store.close()
+            if self.should_exit.is_set():
+                return 0
+            raise
+        try:
+            await self.commands.subscribe()
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self.convergence.run(), name="convergence"),
+                    tg.create_task(self.heartbeat.run(), name="heartbeat"),
+                ]
+                self.log.info("running", mode=self.mode.value)
+                await self.should_exit.wait()
+                self.exiting = True
+                await self._graceful()
+                for t in tasks:
+                    t.cancel()
+        finally:
+            await self._close()
+        self.log.info("stopped")
+        return 0
+
+    async def _graceful(self) -> None:
+        """Say goodbye so the controller marks us offline at once; bounded by the deadline.
+
+        A second signal cancels the task running `run()` (see main), which skips this.
+        """
+        try:
+            await asyncio.wait_for(self._say_bye(), self.settings.shutdown_timeout_s)
+        except TimeoutError:
+            self.log.warning("bye_timed_out")
+
+    async def _say_bye(self) -> None:
+        try:
+            await self.heartbeat.send(bye=True)
+            await self.bus.flush(timeout=self.settings.shutdown_timeout_s)
+        except Exception as exc:
+            self.log.warning("bye_failed", error=str(exc))
+
+    async def _close(self) -> None:
+        timeout = 0.5 if self.force_exit.is_set() else self.settings.shutdown_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await self.bus.close(timeout)
+                await self.store.close()
+        except TimeoutError:
+            self.log.warning("close_timed_out", timeout_s=timeout)

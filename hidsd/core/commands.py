@@ -1,0 +1,74 @@
+"""The command path: receive, verify, apply, persist, ack. Kept lean; it is the kill switch.
+
+The benchmark drives this same class with thousands of in-process agents, so nothing here may
+assume it is alone in the process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from hidsd.bus.protocol import Ack, Subjects, encode_ack
+from hidsd.bus.transport import Bus
+from hidsd.core.control import ControlPolicy, ControlState, Decision
+from hidsd.core.errors import CommandRejected
+
+StateListener = Callable[[ControlState, Decision], None]
+
+
+class CommandService:
+    """Subscribes to the fleet, group and host command subjects of one agent."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        policy: ControlPolicy,
+        subjects: Subjects,
+        on_change: StateListener,
+    ) -> None:
+        self.bus = bus
+        self.policy = policy
+        self.subjects = subjects
+        self.on_change = on_change
+        self.handled = 0
+        self._log: Any = structlog.get_logger("hidsd.commands").bind(host=policy.host)
+
+    def subject_list(self) -> list[str]:
+        s = self.subjects
+        p = self.policy
+        return [s.cmd_all(), *(s.cmd_group(g) for g in p.groups), s.cmd_host(p.host)]
+
+    async def subscribe(self) -> None:
+        for subject in self.subject_list():
+            await self.bus.subscribe(subject, self.handle)
+
+    async def handle(self, msg: Msg) -> None:
+        """One command off the bus. Never raises: bad input is counted and logged."""
+        self.handled += 1
+        try:
+            cmd = self.policy.accept(msg.data)
+        except CommandRejected as exc:
+            self._log.warning("command_rejected", reason=exc.reason, detail=exc.message,
+                              subject=msg.subject)  # fmt: skip
+            return
+        decision = self.policy.apply_command(cmd)
+        if decision.changed:
+            self.on_change(decision.state, decision)
+        await self.ack(decision)
+
+    async def ack(self, decision: Decision) -> None:
+        if decision.ack_status is None:
+            return
+        ack = Ack(
+            cmd_id=decision.cmd_id,
+            host=self.policy.host,
+            status=decision.ack_status,
+            rev=decision.rev,
+            detail=decision.detail,
+            mode=decision.state.mode,
+        )
+        await self.bus.publish(self.subjects.ack(decision.cmd_id), encode_ack(ack))

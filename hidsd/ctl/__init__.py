@@ -1,0 +1,1 @@
+"""hidsctl: the operator's command-line tool."""

@@ -1,0 +1,239 @@
+"""Issuing a control command: record in etcd, broadcast on NATS, count acks.
+
+The emergency path has no single point of failure:
+* controller down: the stop is still recorded and broadcast; acks are counted here, and the
+  result says the expected set is unknown;
+* etcd down: refused by default (a stop that is not recorded would be undone by the next
+  resync of an agent that missed it); with `allow_unrecorded` it is broadcast anyway as an
+  emergency hold that agents keep until a newer desired state is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from nats.aio.msg import Msg
+
+from hidsd.bus.protocol import (
+    Ack,
+    AckStatus,
+    Command,
+    CommandKind,
+    KeyLayout,
+    Scope,
+    Subjects,
+    decode_ack,
+    decode_reply,
+    encode_request,
+)
+from hidsd.bus.signing import OperatorKey
+from hidsd.bus.store import Store
+from hidsd.bus.transport import Bus
+from hidsd.core.errors import HidsError, NoResponse, ProtocolError, StoreUnavailable
+
+DEFAULT_TTL_S = 300.0
+
+
+def new_command_id() -> str:
+    """Time-ordered and unique: milliseconds, then 48 random bits."""
+    return f"{int(time.time() * 1000):x}-{secrets.token_hex(6)}"
+
+
+class NotRecorded(HidsError):
+    """etcd could not record the desired state, and an unrecorded broadcast was not allowed."""
+
+    code = "not_recorded"
+
+
+@dataclass(slots=True)
+class IssueResult:
+    cmd_id: str
+    kind: str
+    scope: str
+    target: str
+    rev: int
+    recorded: bool
+    store_error: str | None
+    expected: list[str] | None
+    expected_offline: list[str]
+    acks: dict[str, Ack] = field(default_factory=dict)
+    unexpected: list[str] = field(default_factory=list)
+    first_ack_ms: float | None = None
+    elapsed_ms: float = 0.0
+    record_ms: float = 0.0
+    bad_acks: int = 0
+
+    @property
+    def acked(self) -> list[str]:
+        return sorted(h for h, a in self.acks.items() if a.status is not AckStatus.REJECTED)
+
+    @property
+    def rejected(self) -> list[str]:
+        return sorted(h for h, a in self.acks.items() if a.status is AckStatus.REJECTED)
+
+    @property
+    def superseded(self) -> list[str]:
+        return sorted(h for h, a in self.acks.items() if a.status is AckStatus.SUPERSEDED)
+
+    @property
+    def missing(self) -> list[str] | None:
+        if self.expected is None:
+            return None
+        return sorted(set(self.expected) - set(self.acks))
+
+    @property
+    def complete(self) -> bool:
+        """Every expected host acked (not rejected), and the state is in etcd."""
+        return (
+            self.recorded
+            and self.expected is not None
+            and not self.missing
+            and not self.rejected
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cmd_id": self.cmd_id,
+            "kind": self.kind,
+            "scope": self.scope,
+            "target": self.target,
+            "rev": self.rev,
+            "recorded": self.recorded,
+            "store_error": self.store_error,
+            "expected_known": self.expected is not None,
+            "expected": len(self.expected) if self.expected is not None else None,
+            "expected_hosts": self.expected,
+            "offline_hosts": self.expected_offline,
+            "acked": len(self.acked),
+            "acked_hosts": self.acked,
+            "superseded_hosts": self.superseded,
+            "rejected_hosts": self.rejected,
+            "missing_hosts": self.missing,
+            "unexpected_hosts": sorted(self.unexpected),
+            "statuses": {h: a.status.value for h, a in sorted(self.acks.items())},
+            "first_ack_ms": self.first_ack_ms,
+            "elapsed_ms": round(self.elapsed_ms, 2),
+            "record_ms": round(self.record_ms, 2),
+            "bad_acks": self.bad_acks,
+            "complete": self.complete,
+        }
+
+
+async def fetch_expected(
+    bus: Bus, subjects: Subjects, scope: Scope, target: str, timeout: float
+) -> dict[str, list[str]] | None:
+    """Ask any controller which hosts should ack; None if no controller answered."""
+    try:
+        data = await bus.request(
+            subjects.ctl("expected"), encode_request({"scope": scope.value, "target": target}),
+            timeout,
+        )  # fmt: skip
+        result = decode_reply(data)
+    except (NoResponse, ProtocolError):
+        return None
+    return {"online": list(result["online"]), "offline": list(result["offline"])}
+
+
+AckCallback = Callable[[Ack, IssueResult], None]
+
+
+async def issue_command(
+    *,
+    kind: CommandKind,
+    scope: Scope,
+    target: str,
+    key: OperatorKey,
+    bus: Bus,
+    store: Store,
+    subjects: Subjects,
+    keys: KeyLayout,
+    wait_s: float,
+    allow_unrecorded: bool = False,
+    controller_timeout_s: float = 1.0,
+    ttl_s: float = DEFAULT_TTL_S,
+    on_ack: AckCallback | None = None,
+    author: str = "",
+) -> IssueResult:
+    """Record, broadcast and count. Raises NotRecorded when etcd is down and not allowed."""
+    cmd_id = new_command_id()
+    issued_at = time.time()
+    done = asyncio.Event()
+    result = IssueResult(
+        cmd_id=cmd_id, kind=kind.value, scope=scope.value, target=target, rev=0,
+        recorded=False, store_error=None, expected=None, expected_offline=[],
+    )  # fmt: skip
+    t_publish = 0.0
+
+    async def on_msg(msg: Msg) -> None:
+        try:
+            ack = decode_ack(msg.data)
+        except ProtocolError:
+            result.bad_acks += 1
+            return
+        if ack.cmd_id != cmd_id:
+            result.bad_acks += 1
+            return
+        if result.first_ack_ms is None and t_publish:
+            result.first_ack_ms = round((time.perf_counter() - t_publish) * 1000, 2)
+        result.acks[ack.host] = ack
+        if result.expected is not None and ack.host not in result.expected:
+            result.unexpected.append(ack.host)
+        if on_ack is not None:
+            on_ack(ack, result)
+        if result.expected is not None and set(result.expected) <= set(result.acks):
+            done.set()
+
+    sub = await bus.subscribe(subjects.ack(cmd_id), on_msg)
+    try:
+        expected = await fetch_expected(bus, subjects, scope, target, controller_timeout_s)
+        if expected is not None:
+            result.expected = expected["online"]
+            result.expected_offline = expected["offline"]
+
+        t0 = time.perf_counter()
+        stored = Command(cmd_id, kind, scope, target, 0, issued_at, issued_at + ttl_s, {})
+        try:
+            audit = msgpack.packb(
+                {"id": cmd_id, "kind": kind.value, "scope": scope.value, "target": target,
+                 "issued_at": issued_at, "key_id": key.key_id, "author": author}  # fmt: skip
+            )
+            result.rev = await store.put_all(
+                {keys.desired(scope, target): key.sign_command(stored),
+                 keys.command_log(cmd_id): audit},  # fmt: skip
+                absent=[keys.command_log(cmd_id)],
+            )
+            result.recorded = True
+        except StoreUnavailable as exc:
+            result.store_error = exc.message
+            if not allow_unrecorded or kind is not CommandKind.STOP:
+                raise NotRecorded(
+                    f"etcd is unreachable, so the {kind.value} could not be recorded; agents "
+                    "that resync would not keep it. Fix etcd, or for an emergency stop pass "
+                    "--allow-unrecorded to broadcast anyway.",
+                    store_error=exc.message,
+                ) from exc
+        result.record_ms = (time.perf_counter() - t0) * 1000
+
+        args: dict[str, Any] = {} if result.recorded else {"unrecorded": True}
+        issued_at = time.time()
+        cmd = Command(cmd_id, kind, scope, target, result.rev, issued_at, issued_at + ttl_s, args)
+        envelope = key.sign_command(cmd)
+        t_publish = time.perf_counter()
+        await bus.publish(subjects.cmd_for(scope, target), envelope)
+        await bus.flush()
+        if result.expected is not None and not result.expected:
+            done.set()
+        try:
+            await asyncio.wait_for(done.wait(), wait_s)
+        except TimeoutError:
+            pass
+        result.elapsed_ms = (time.perf_counter() - t_publish) * 1000
+    finally:
+        await sub.unsubscribe()
+    return result

@@ -1,0 +1,506 @@
+"""hidsctl: the operator's CLI. Subcommands by noun; `--json` on every read; exit codes mean
+something (see `Exit`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hidsd.bus.protocol import (
+    FLEET_TARGET,
+    Ack,
+    CommandKind,
+    KeyLayout,
+    Scope,
+    Subjects,
+    check_name,
+    decode_reply,
+    encode_request,
+)
+from hidsd.bus.signing import OperatorKey, encode_public_key
+from hidsd.core.errors import (
+    BusUnavailable,
+    ConfigError,
+    HidsError,
+    NoResponse,
+    OperatorKeyError,
+    ProtocolError,
+    StoreAuthError,
+    StorePermissionDenied,
+    StoreUnavailable,
+)
+
+T = TypeVar("T")
+
+
+class Exit(IntEnum):
+    OK = 0
+    INCOMPLETE = 1  # some expected hosts did not ack, or rejected, or the expected set is unknown
+    USAGE = 2  # bad arguments or settings
+    NOT_RECORDED = 3  # etcd down: refused, or broadcast without a record
+    BUS = 4  # NATS unreachable
+    CONTROLLER = 5  # no controller answered a read
+    AUTH = 6  # etcd credentials or permissions
+    NOT_FOUND = 7
+
+
+app = typer.Typer(
+    name="hidsctl", help="Operate an hidsd fleet.", no_args_is_help=True, add_completion=False
+)
+keys_app = typer.Typer(help="Operator signing keys.", no_args_is_help=True)
+agents_app = typer.Typer(help="Agents: presence, state, facts.", no_args_is_help=True)
+fleet_app = typer.Typer(help="Fleet-wide status and the kill switch.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(agents_app, name="agents")
+app.add_typer(fleet_app, name="fleet")
+
+out = Console()
+err = Console(stderr=True)
+
+
+@dataclass
+class CtlSettings:
+    nats: tuple[str, ...]
+    etcd: tuple[str, ...]
+    key_file: Path
+    subject_prefix: str = "hidsd"
+    key_prefix: str = "/hidsd/"
+    etcd_user: str | None = None
+    etcd_password: str | None = None
+    timeout_s: float = 2.0
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.subject_prefix)
+
+    @property
+    def keys(self) -> KeyLayout:
+        return KeyLayout(self.key_prefix)
+
+
+def _default_config() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "hidsd" / "hidsctl.toml"
+
+
+def _split(v: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in v.split(",") if x.strip())
+
+
+def load_ctl_settings(
+    config: Path | None, nats: str | None, etcd: str | None, key: Path | None
+) -> CtlSettings:
+    path = config or Path(os.environ.get("HIDSCTL_CONFIG", "") or _default_config())
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}", field="config") from exc
+    elif config is not None:
+        raise ConfigError(f"config file {config} does not exist", field="config")
+    env = os.environ
+
+    def pick(flag: Any, var: str, name: str, default: Any) -> Any:
+        if flag:
+            return flag
+        if env.get(var):
+            return env[var]
+        return raw.get(name, default)
+
+    def as_tuple(v: Any, name: str) -> tuple[str, ...]:
+        if isinstance(v, str):
+            return _split(v)
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            return tuple(v)
+        raise ConfigError(f"{name}: expected a list of strings", field=name)
+
+    key_default = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "hidsd" / "operator.key"
+    return CtlSettings(
+        nats=as_tuple(pick(nats, "HIDSCTL_NATS", "nats_servers", "nats://127.0.0.1:4222"), "nats_servers"),
+        etcd=as_tuple(pick(etcd, "HIDSCTL_ETCD", "etcd_endpoints", "127.0.0.1:2379"), "etcd_endpoints"),
+        key_file=Path(pick(key, "HIDSCTL_KEY", "key_file", str(key_default))),
+        subject_prefix=str(raw.get("subject_prefix", "hidsd")),
+        key_prefix=str(raw.get("key_prefix", "/hidsd/")),
+        etcd_user=pick(None, "HIDSCTL_ETCD_USER", "etcd_user", None),
+        etcd_password=pick(None, "HIDSCTL_ETCD_PASSWORD", "etcd_password", None),
+        timeout_s=float(raw.get("timeout_s", 2.0)),
+    )
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="hidsctl settings (TOML); env HIDSCTL_CONFIG")] = None,
+    nats: Annotated[str | None, typer.Option(help="NATS URLs, comma-separated; env HIDSCTL_NATS")] = None,
+    etcd: Annotated[str | None, typer.Option(help="etcd endpoints, comma-separated; env HIDSCTL_ETCD")] = None,
+    key: Annotated[Path | None, typer.Option(help="operator key file; env HIDSCTL_KEY")] = None,
+) -> None:
+    from hidsd.core.logging import configure
+
+    configure(os.environ.get("HIDSCTL_LOG_LEVEL", "error"), "console")
+    try:
+        ctx.obj = load_ctl_settings(config, nats, etcd, key)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(Exit.USAGE) from exc
+
+
+def _fail(exc: HidsError) -> typer.Exit:
+    code = Exit.INCOMPLETE
+    if isinstance(exc, BusUnavailable):
+        code = Exit.BUS
+    elif isinstance(exc, StoreAuthError | StorePermissionDenied):
+        code = Exit.AUTH
+    elif isinstance(exc, StoreUnavailable):
+        code = Exit.NOT_RECORDED
+    elif isinstance(exc, NoResponse):
+        code = Exit.CONTROLLER
+    elif isinstance(exc, ConfigError | OperatorKeyError):
+        code = Exit.USAGE
+    err.print(f"[red]error:[/] {exc.message}")
+    return typer.Exit(code)
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except HidsError as exc:
+        raise _fail(exc) from exc
+
+
+async def _connect(s: CtlSettings) -> Any:
+    from hidsd.bus.transport import Bus, BusOptions
+
+    bus = Bus(BusOptions(servers=s.nats, name="hidsctl", connect_timeout_s=s.timeout_s,
+                         reconnect_base_s=0.1, reconnect_max_s=0.5))  # fmt: skip
+    await bus.connect(attempts=2)
+    return bus
+
+
+async def _ask(s: CtlSettings, verb: str, params: dict[str, Any]) -> Any:
+    bus = await _connect(s)
+    try:
+        data = await bus.request(s.subjects.ctl(verb), encode_request(params), s.timeout_s)
+    except NoResponse as exc:
+        raise NoResponse(
+            "no hidsd-controller answered; is one running and connected to "
+            f"{', '.join(s.nats)}?"
+        ) from exc
+    finally:
+        await bus.close()
+    return decode_reply(data)
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    d = time.time() - ts
+    return f"{d:.1f}s ago" if d < 120 else f"{d / 60:.0f}m ago"
+
+
+# ------------------------------------------------------------------ keys
+
+
+@keys_app.command("init")
+def keys_init(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option(help="replace an existing key (agents must be updated)")] = False,
+) -> None:
+    """Create the operator's Ed25519 signing key (private, mode 0600)."""
+    s: CtlSettings = ctx.obj
+    if s.key_file.exists():
+        if not force:
+            err.print(f"[red]error:[/] {s.key_file} exists; use --force to replace it")
+            raise typer.Exit(Exit.USAGE)
+        s.key_file.unlink()
+    k = OperatorKey.generate()
+    k.save(s.key_file)
+    out.print(f"wrote operator key {s.key_file} (key id {k.key_id})")
+    out.print("add this line to every agent's settings (trusted_keys):")
+    out.print(f'  trusted_keys = ["{encode_public_key(k.public_key)}"]', highlight=False)
+
+
+@keys_app.command("show")
+def keys_show(
+    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Print the operator's public key and key id."""
+    s: CtlSettings = ctx.obj
+    try:
+        k = OperatorKey.load(s.key_file)
+    except OperatorKeyError as exc:
+        raise _fail(exc) from exc
+    pub = encode_public_key(k.public_key)
+    if as_json:
+        _emit_json({"key_id": k.key_id, "public_key": pub, "path": str(s.key_file)})
+    else:
+        out.print(f"key id {k.key_id}\npublic key {pub}", highlight=False)
+
+
+# ------------------------------------------------------------------ agents
+
+
+MODE_STYLE = {"running": "green", "stopped": "bold red", "exiting": "yellow"}
+
+
+def _agents_table(agents: list[dict[str, Any]]) -> Table:
+    t = Table(title=f"{len(agents)} agents")
+    for col in ("host", "liveness", "mode", "groups", "rev", "converged", "last seen", "version", "note"):
+        t.add_column(col)
+    for a in agents:
+        live = a["liveness"]
+        mode = a.get("mode", "?")
+        conv = a.get("converged")
+        t.add_row(
+            a["host"],
+            f"[{'green' if live == 'online' else 'red'}]{live}[/]",
+            f"[{MODE_STYLE.get(mode, 'white')}]{mode}[/]" + (" (held)" if a.get("held") else ""),
+            ",".join(a.get("groups", [])),
+            str(a.get("applied_rev", "-")),
+            "-" if conv is None else ("yes" if conv else f"[yellow]no (want {a['desired_rev']})[/]"),
+            _ago(a.get("last_seen")),
+            a.get("version", "-"),
+            a.get("reason", ""),
+        )
+    return t
+
+
+@agents_app.command("list")
+def agents_list(
+    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Every agent the controllers know: presence, run mode, revision."""
+    s: CtlSettings = ctx.obj
+    res = _run(lambda: _ask(s, "agents.list", {}))
+    if as_json:
+        _emit_json(res)
+        return
+    out.print(_agents_table(res["agents"]))
+    if not res["store_ok"]:
+        err.print("[yellow]etcd unreachable from the controller: convergence unknown[/]")
+
+
+@agents_app.command("show")
+def agents_show(
+    ctx: typer.Context, host: str, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """One agent in full: facts, usage, rejection counters."""
+    s: CtlSettings = ctx.obj
+
+    async def ask() -> Any:
+        try:
+            return await _ask(s, "agents.show", {"host": host})
+        except ProtocolError as exc:
+            err.print(f"[red]error:[/] {exc.message}")
+            return None
+
+    res = _run(ask)
+    if res is None:
+        raise typer.Exit(Exit.NOT_FOUND)
+    if as_json:
+        _emit_json(res)
+        return
+    t = Table(title=f"agent {host}", show_header=False)
+    t.add_column("field")
+    t.add_column("value")
+    for k in ("liveness", "reason", "mode", "held", "groups", "applied_rev", "desired_rev",
+              "converged", "version", "uptime_s", "cpu_pct", "rss_bytes"):  # fmt: skip
+        t.add_row(k, str(res.get(k, "-")))
+    t.add_row("last seen", _ago(res.get("last_seen")))
+    for k, v in sorted(res.get("facts", {}).items()):
+        t.add_row(f"facts.{k}", str(v))
+    for k, v in sorted(res.get("rejections", {}).items()):
+        if v:
+            t.add_row(f"rejected.{k}", str(v))
+    out.print(t)
+
+
+# ------------------------------------------------------------------ fleet
+
+
+@fleet_app.command("status")
+def fleet_status(
+    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Counts by run mode, online/offline, and agents not at their latest desired revision."""
+    s: CtlSettings = ctx.obj
+    res = _run(lambda: _ask(s, "fleet.status", {}))
+    if as_json:
+        _emit_json(res)
+        return
+    t = Table(title="fleet", show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    t.add_row("agents", str(res["agents"]))
+    t.add_row("online", f"[green]{res['online']}[/]")
+    t.add_row("offline", f"[red]{res['offline']}[/] {' '.join(res['offline_hosts'])}")
+    for mode, n in sorted(res["by_mode"].items()):
+        t.add_row(f"mode {mode}", f"[{MODE_STYLE.get(mode, 'white')}]{n}[/]")
+    t.add_row("emergency holds", " ".join(res["held"]) or "none")
+    conv = "unknown (etcd unreachable)" if not res["store_ok"] else (" ".join(res["not_converged"]) or "none")
+    t.add_row("not converged", conv)
+    out.print(t)
+
+
+def _scope(group: str | None, host: str | None) -> tuple[Scope, str]:
+    if group and host:
+        err.print("[red]error:[/] use --group or --host, not both")
+        raise typer.Exit(Exit.USAGE)
+    try:
+        if group:
+            return Scope.GROUP, check_name(group, "group")
+        if host:
+            return Scope.HOST, check_name(host, "host id")
+    except ProtocolError as exc:
+        err.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(Exit.USAGE) from exc
+    return Scope.FLEET, FLEET_TARGET
+
+
+def _control(
+    s: CtlSettings, kind: CommandKind, group: str | None, host: str | None, wait: float,
+    allow_unrecorded: bool, as_json: bool,
+) -> None:  # fmt: skip
+    from hidsd.bus.store import Store
+    from hidsd.ctl.killswitch import IssueResult, NotRecorded, issue_command
+
+    scope, target = _scope(group, host)
+    try:
+        key = OperatorKey.load(s.key_file)
+    except OperatorKeyError as exc:
+        raise _fail(exc) from exc
+    label = "fleet" if scope is Scope.FLEET else f"{scope.value} {target}"
+    progress = Progress(
+        TextColumn(f"[bold]{kind.value} {label}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=as_json,
+        transient=False,
+    )
+    task_id = progress.add_task("acks", total=None, note="")
+
+    def on_ack(ack: Ack, res: IssueResult) -> None:
+        total = len(res.expected) if res.expected is not None else None
+        progress.update(task_id, completed=len(res.acks), total=total,
+                        note=f"{ack.host}: {ack.status.value}")  # fmt: skip
+
+    async def go() -> IssueResult:
+        bus = await _connect(s)
+        store = Store(s.etcd, s.etcd_user, s.etcd_password, timeout_s=s.timeout_s)
+        try:
+            await store.open()
+            with progress:
+                return await issue_command(
+                    kind=kind, scope=scope, target=target, key=key, bus=bus, store=store,
+                    subjects=s.subjects, keys=s.keys, wait_s=wait,
+                    allow_unrecorded=allow_unrecorded, on_ack=on_ack,
+                    author=os.environ.get("USER", ""),
+                )  # fmt: skip
+        finally:
+            await bus.close()
+            await store.close()
+
+    try:
+        res = _run(go)
+    except typer.Exit:
+        raise
+    except NotRecorded as exc:  # pragma: no cover - _run maps HidsError; kept for clarity
+        raise _fail(exc) from exc
+    _report(res, as_json)
+    if not res.recorded:
+        raise typer.Exit(Exit.NOT_RECORDED)
+    if not res.complete:
+        raise typer.Exit(Exit.INCOMPLETE)
+
+
+def _report(res: Any, as_json: bool) -> None:
+    d = res.to_dict()
+    if as_json:
+        _emit_json(d)
+        return
+    t = Table(title=f"{d['kind']} {d['scope']} {d['target']}  (command {d['cmd_id']})", show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    rec = f"yes, etcd revision {d['rev']}" if d["recorded"] else f"[bold red]NO[/] ({d['store_error']})"
+    t.add_row("recorded in etcd", rec)
+    if d["expected_known"]:
+        t.add_row("expected (online)", str(d["expected"]))
+    else:
+        t.add_row("expected", "[bold yellow]UNKNOWN[/] (no controller answered; counting acks only)")
+    t.add_row("acked", f"[green]{d['acked']}[/]")
+    if d["superseded_hosts"]:
+        t.add_row("superseded", " ".join(d["superseded_hosts"]))
+    t.add_row("rejected", " ".join(d["rejected_hosts"]) or "0")
+    if d["missing_hosts"] is not None:
+        t.add_row("missing", "[red]" + " ".join(d["missing_hosts"]) + "[/]" if d["missing_hosts"] else "0")
+    if d["offline_hosts"]:
+        t.add_row("offline (converge on reconnect)", " ".join(d["offline_hosts"]))
+    t.add_row("first ack", f"{d['first_ack_ms']} ms" if d["first_ack_ms"] is not None else "-")
+    t.add_row("elapsed", f"{d['elapsed_ms']:.1f} ms (broadcast to last ack)")
+    out.print(t)
+    if not d["recorded"]:
+        err.print("[bold red]the stop was broadcast but NOT recorded in etcd[/]: agents hold it "
+                  "until a newer desired state is written; write one when etcd is back")  # fmt: skip
+
+
+WaitOpt = Annotated[float, typer.Option(help="seconds to wait for acks")]
+GroupOpt = Annotated[str | None, typer.Option(help="only agents in this group")]
+HostOpt = Annotated[str | None, typer.Option(help="only this host id")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable summary")]
+
+
+@fleet_app.command("stop")
+def fleet_stop(
+    ctx: typer.Context,
+    group: GroupOpt = None,
+    host: HostOpt = None,
+    wait: WaitOpt = 5.0,
+    allow_unrecorded: Annotated[
+        bool, typer.Option(help="if etcd is down, broadcast the stop anyway (agents hold it)")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Emergency kill switch: halt all HIDS work (agents keep their control channel)."""
+    _control(ctx.obj, CommandKind.STOP, group, host, wait, allow_unrecorded, as_json)
+
+
+@fleet_app.command("resume")
+def fleet_resume(
+    ctx: typer.Context,
+    group: GroupOpt = None,
+    host: HostOpt = None,
+    wait: WaitOpt = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resume HIDS work after a stop (recorded in etcd first, like every control action)."""
+    _control(ctx.obj, CommandKind.RESUME, group, host, wait, False, as_json)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Plugin runtime (pipe protocol, supervisor, SDK). Built in the plugins issue (#5)."""
