@@ -12,9 +12,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from hidsd.core.errors import ConfigError, HidsError
-
 from controller.service import Controller, ControllerSettings
+from hidsd.core.errors import ConfigError, HidsError
 
 
 def _split(v: str) -> tuple[str, ...]:
@@ -42,12 +41,17 @@ def load_settings(args: argparse.Namespace) -> ControllerSettings:
     servers = pick(args.nats, "HIDSD_CONTROLLER_NATS", "nats_servers", "nats://127.0.0.1:4222")
     sys_servers = pick(args.sys_nats, "HIDSD_CONTROLLER_SYS_NATS", "sys_nats_servers", "")
     etcd = pick(args.etcd, "HIDSD_CONTROLLER_ETCD", "etcd_endpoints", "127.0.0.1:2379")
-    as_tuple = lambda v: _split(v) if isinstance(v, str) else tuple(v)  # noqa: E731
+
+    def as_tuple(v: str | list[str]) -> tuple[str, ...]:
+        return _split(v) if isinstance(v, str) else tuple(v)
+
     if not as_tuple(servers):
         raise ConfigError("controller: list at least one NATS server", field="nats_servers")
     factor = raw.get("offline_timeout_factor", 3.0)
     if isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 1:
-        raise ConfigError("offline_timeout_factor: expected a number > 1", field="offline_timeout_factor")
+        raise ConfigError(
+            "offline_timeout_factor: expected a number > 1", field="offline_timeout_factor"
+        )
     return ControllerSettings(
         servers=as_tuple(servers),
         sys_servers=as_tuple(sys_servers),

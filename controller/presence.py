@@ -108,7 +108,9 @@ class Presence:
         rec.last_seen = now
         self._set(rec, Liveness.ONLINE, "connected", now)
 
-    def on_disconnect(self, client_name: str, conn: tuple[str, int], reason: str, now: float) -> None:
+    def on_disconnect(
+        self, client_name: str, conn: tuple[str, int], reason: str, now: float
+    ) -> None:
         host = self.host_of(client_name)
         rec = self.agents.get(host) if host else None
         if rec is None:
@@ -116,7 +118,9 @@ class Presence:
         if rec.conn is not None and rec.conn != conn:
             return  # an older connection closed; the agent is on a newer one
         rec.conn = None
-        self._set(rec, Liveness.OFFLINE, f"disconnected: {reason}" if reason else "disconnected", now)
+        self._set(
+            rec, Liveness.OFFLINE, f"disconnected: {reason}" if reason else "disconnected", now
+        )
 
     def sweep(self, now: float) -> list[str]:
         """Mark agents whose heartbeats stopped as offline; returns who changed."""
@@ -126,21 +130,23 @@ class Presence:
                 continue
             limit = max(self.min_timeout_s, rec.heartbeat.interval_s * self.timeout_factor)
             if now - rec.last_seen > limit:
-                self._set(rec, Liveness.OFFLINE, f"no heartbeat for {now - rec.last_seen:.1f}s", now)
+                self._set(
+                    rec, Liveness.OFFLINE, f"no heartbeat for {now - rec.last_seen:.1f}s", now
+                )
                 gone.append(rec.host)
         return gone
 
     def matching(self, scope: Scope, target: str) -> list[AgentRecord]:
         out = []
         for rec in self.agents.values():
-            if scope is Scope.FLEET and target == FLEET_TARGET:
-                out.append(rec)
-            elif scope is Scope.HOST and rec.host == target:
-                out.append(rec)
-            elif (
-                scope is Scope.GROUP
-                and rec.heartbeat is not None
-                and target in rec.heartbeat.groups
+            if (
+                (scope is Scope.FLEET and target == FLEET_TARGET)
+                or (scope is Scope.HOST and rec.host == target)
+                or (
+                    scope is Scope.GROUP
+                    and rec.heartbeat is not None
+                    and target in rec.heartbeat.groups
+                )
             ):
                 out.append(rec)
         return out

@@ -95,11 +95,15 @@ class Controller:
         self.started = time.time()
         self.should_exit = asyncio.Event()
         self.log: Any = structlog.get_logger("hidsd.controller").bind(name=settings.name)
-        self.bus = Bus(BusOptions(servers=settings.servers, name=f"hidsd-controller:{settings.name}"))
+        self.bus = Bus(
+            BusOptions(servers=settings.servers, name=f"hidsd-controller:{settings.name}")
+        )
         self.sys_bus: Bus | None = None
         if settings.sys_servers:
             self.sys_bus = Bus(
-                BusOptions(servers=settings.sys_servers, name=f"hidsd-controller-sys:{settings.name}")
+                BusOptions(
+                    servers=settings.sys_servers, name=f"hidsd-controller-sys:{settings.name}"
+                )
             )
         self.store = Store(
             settings.etcd_endpoints, settings.etcd_user, settings.etcd_password, timeout_s=1.0
@@ -192,9 +196,7 @@ class Controller:
         for rec in sorted(self.presence.agents.values(), key=lambda r: r.host):
             d = rec.to_dict(now)
             if revisions is not None and rec.heartbeat is not None:
-                want = host_desired_revision(
-                    self.keys, revisions, rec.host, rec.heartbeat.groups
-                )
+                want = host_desired_revision(self.keys, revisions, rec.host, rec.heartbeat.groups)
                 d["desired_rev"] = want
                 d["converged"] = rec.heartbeat.applied_rev >= want
             else:
@@ -205,7 +207,10 @@ class Controller:
 
     async def h_agents_list(self, params: dict[str, Any]) -> Any:
         revisions = await self._desired_revisions()
-        return {"agents": self._agent_view(revisions, time.time()), "store_ok": revisions is not None}
+        return {
+            "agents": self._agent_view(revisions, time.time()),
+            "store_ok": revisions is not None,
+        }
 
     async def h_agents_show(self, params: dict[str, Any]) -> Any:
         host = params.get("host")
@@ -245,7 +250,9 @@ class Controller:
         acks = self.ledger.get(str(params.get("cmd_id", "")))
         if acks is None:
             raise ProtocolError("no acks recorded for that command (unknown or evicted)")
-        return {h: {"status": a.status.value, "rev": a.rev, "detail": a.detail} for h, a in acks.items()}
+        return {
+            h: {"status": a.status.value, "rev": a.rev, "detail": a.detail} for h, a in acks.items()
+        }
 
     async def h_ping(self, params: dict[str, Any]) -> Any:
         return {

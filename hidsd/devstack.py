@@ -56,12 +56,10 @@ def die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def spawn(
-    args: list[str], log: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
+def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(  # noqa: S603
+        return subprocess.Popen(
             args,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -87,7 +85,7 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> 
 
 def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=0.5) as resp:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=0.5) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -188,7 +186,7 @@ class NatsServer:
 
     def connz(self) -> dict[str, object]:
         url = f"http://127.0.0.1:{self.http_port}/connz?limit=100000&acc=HIDS"
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=2) as resp:
             data: dict[str, object] = json.load(resp)
             return data
 
@@ -251,7 +249,7 @@ class EtcdCluster:
         for m in self.members:
             assert m.proc is not None
             _wait_until(
-                lambda m=m: _http_ok(f"http://{m.endpoint}/health"),  # type: ignore[misc]
+                lambda m=m: _http_ok(f"http://{m.endpoint}/health"),
                 f"etcd {m.name}", m.proc, self.log(m),
             )  # fmt: skip
         return self
@@ -277,5 +275,5 @@ class EtcdCluster:
             self.start_member(m)
         for m in self.members:
             assert m.proc is not None
-            _wait_until(lambda m=m: _http_ok(f"http://{m.endpoint}/health"),  # type: ignore[misc]
+            _wait_until(lambda m=m: _http_ok(f"http://{m.endpoint}/health"),
                         f"etcd {m.name}", m.proc, self.log(m))  # fmt: skip

@@ -19,14 +19,13 @@ import nacl.signing
 from hidsd.bus.protocol import (
     Command,
     Envelope,
-    ProtocolError,
     Unsigned,
     decode_command_body,
     decode_envelope,
     encode_command_body,
     encode_envelope,
 )
-from hidsd.core.errors import CommandRejected, OperatorKeyError
+from hidsd.core.errors import CommandRejected, OperatorKeyError, ProtocolError
 
 _SEED_HEADER = "hidsd-operator-ed25519-seed:"
 

@@ -178,9 +178,7 @@ class Store:
             raise _map_error(exc, self.endpoints) from exc
         return [_kv(kv) for kv in resp.kvs], int(resp.header.revision)
 
-    async def put_all(
-        self, puts: dict[str, bytes], absent: Sequence[str] = ()
-    ) -> int:
+    async def put_all(self, puts: dict[str, bytes], absent: Sequence[str] = ()) -> int:
         """Write all keys in one transaction and return its revision.
 
         `absent` keys must not exist yet (create-only), else StoreConflict.

@@ -44,7 +44,7 @@ class BusOptions:
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Exponential backoff with 'equal jitter': half fixed, half random, never above cap."""
     ceiling = min(cap, base * (2 ** min(attempt, 20)))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+    return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
 @dataclass(slots=True)
@@ -178,7 +178,7 @@ class Bus:
         return payload
 
     async def flush(self, timeout: float = 2.0) -> None:
-        await self.client.flush(timeout=timeout)
+        await self.client.flush(timeout=timeout)  # type: ignore[arg-type]  # float works
 
     async def close(self, timeout: float = 2.0) -> None:
         """Flush what is buffered, then close; bounded by `timeout`."""

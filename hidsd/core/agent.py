@@ -8,6 +8,7 @@ second signal sets `force_exit` and skips the graceful part.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -125,17 +126,17 @@ class HeartbeatService:
     async def send(self, bye: bool = False) -> None:
         a = self.agent
         if a.bus.connected:
-            await a.bus.publish(a.subjects.heartbeat(a.settings.host_id), encode_heartbeat(self.build(bye)))
+            await a.bus.publish(
+                a.subjects.heartbeat(a.settings.host_id), encode_heartbeat(self.build(bye))
+            )
 
     async def run(self) -> None:
         interval = self.agent.settings.heartbeat_s
         while True:
             await self.send()
             self._now.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._now.wait(), interval * self._rng.uniform(0.9, 1.1))
-            except TimeoutError:
-                pass
 
 
 class Agent:
@@ -178,7 +179,12 @@ class Agent:
         self.store = Store(e.endpoints, e.user, e.password, e.timeout_s)
         self.commands = CommandService(self.bus, self.policy, self.subjects, self._on_change)
         self.convergence = ConvergenceService(
-            self.store, self.policy, self.keys, settings.resync_s, self._on_store_decision
+            self.store,
+            self.policy,
+            self.keys,
+            settings.resync_s,
+            self._on_store_decision,
+            watch=settings.watch,
         )
         self.heartbeat = HeartbeatService(self)
 

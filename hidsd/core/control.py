@@ -179,11 +179,15 @@ class ControlPolicy:
         if cmd.unrecorded:
             if cmd.kind is not CommandKind.STOP:
                 self.rejections[RejectReason.MALFORMED] += 1
-                return Decision(s, False, AckStatus.REJECTED, cmd.id, 0, "only stop may be unrecorded")
+                return Decision(
+                    s, False, AckStatus.REJECTED, cmd.id, 0, "only stop may be unrecorded"
+                )
             new = replace(
                 s, mode=RunMode.STOPPED, held=True, held_cmd=cmd.id, held_issued_at=cmd.issued_at
             )
-            return self._decide(new, AckStatus.APPLIED, cmd.id, 0, "emergency stop held (not in etcd)")
+            return self._decide(
+                new, AckStatus.APPLIED, cmd.id, 0, "emergency stop held (not in etcd)"
+            )
         if cmd.rev == s.applied_rev and cmd.id == s.applied_cmd:
             return Decision(s, False, AckStatus.APPLIED, cmd.id, cmd.rev, "already applied")
         if cmd.rev <= s.applied_rev or (s.held and cmd.issued_at < s.held_issued_at):
@@ -227,7 +231,9 @@ class ControlPolicy:
         new = ControlState(
             mode=desired_mode(cmd.kind), applied_rev=best.mod_revision, applied_cmd=cmd.id
         )
-        return self._decide(new, AckStatus.APPLIED, cmd.id, best.mod_revision, "converged from etcd")
+        return self._decide(
+            new, AckStatus.APPLIED, cmd.id, best.mod_revision, "converged from etcd"
+        )
 
     def _decide(
         self, new: ControlState, status: AckStatus, cmd_id: str, rev: int, detail: str = ""

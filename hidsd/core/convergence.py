@@ -8,6 +8,7 @@ picked up from etcd within one reconnect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -45,7 +46,9 @@ class ConvergenceService:
         resync_s: float,
         on_decision: DecisionHandler,
         rng: random.Random | None = None,
+        watch: bool = True,
     ) -> None:
+        self.watch = watch
         self.store = store
         self.policy = policy
         self.keys = keys
@@ -115,12 +118,15 @@ class ConvergenceService:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._resync_loop())
-            tg.create_task(self._watch_loop())
+            if self.watch:
+                tg.create_task(self._watch_loop())
 
     async def _resync_loop(self) -> None:
         failures = 0
         while True:
-            why = "start" if self.resyncs == 0 else "trigger" if self._trigger.is_set() else "period"
+            why = (
+                "start" if self.resyncs == 0 else "trigger" if self._trigger.is_set() else "period"
+            )
             self._trigger.clear()
             try:
                 await self.resync(why)
@@ -136,10 +142,8 @@ class ConvergenceService:
                     self._log.warning("store_unreachable", error=exc.message)
                 self.store_ok = False
                 wait = backoff_delay(failures, 0.5, min(self.resync_s, 15.0), self._rng)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._trigger.wait(), wait)
-            except TimeoutError:
-                pass
 
     async def _watch_loop(self) -> None:
         """One watch over the desired-state prefix, filtered to this agent's keys.

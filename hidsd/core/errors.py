@@ -97,3 +97,9 @@ class NoResponse(HidsError):
     """A NATS request got no reply in time (no responders, or they were too slow)."""
 
     code = "no_response"
+
+
+class NotRecorded(HidsError):
+    """etcd could not record a desired state, and broadcasting it unrecorded was not allowed."""
+
+    code = "not_recorded"

@@ -55,6 +55,8 @@ class AgentSettings:
     key_prefix: str = DEFAULT_KEY_PREFIX
     heartbeat_s: float = 10.0
     resync_s: float = 60.0
+    #: Watch the desired-state keys in etcd (off: converge on reconnect and resync only).
+    watch: bool = True
     max_command_bytes: int = MAX_COMMAND_BYTES
     shutdown_timeout_s: float = 5.0
     log_level: str = "info"
@@ -74,29 +76,33 @@ class _Reader:
 
     def _err(self, key: str, expected: str, value: Any) -> ConfigError:
         name = f"{self.where}.{key}" if self.where else key
-        return ConfigError(
-            f"setting {name!r}: expected {expected}, got {value!r}", field=name
-        )
+        return ConfigError(f"setting {name!r}: expected {expected}, got {value!r}", field=name)
 
-    def str(self, key: str, default: str | None) -> str | None:
+    def get_str(self, key: str, default: str | None) -> str | None:
         v = self.data.get(key, default)
         if v is not None and not isinstance(v, str):
             raise self._err(key, "a string", v)
         return v
 
-    def num(self, key: str, default: float, minimum: float = 0.0) -> float:
+    def get_num(self, key: str, default: float, minimum: float = 0.0) -> float:
         v = self.data.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int | float) or v <= minimum:
             raise self._err(key, f"a number > {minimum}", v)
         return float(v)
 
-    def int(self, key: str, default: int, minimum: int = 1) -> int:
+    def get_bool(self, key: str, default: bool) -> bool:
+        v = self.data.get(key, default)
+        if not isinstance(v, bool):
+            raise self._err(key, "true or false", v)
+        return v
+
+    def get_int(self, key: str, default: int, minimum: int = 1) -> int:
         v = self.data.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise self._err(key, f"an integer >= {minimum}", v)
         return v
 
-    def strs(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    def get_strs(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         v = self.data.get(key, list(default))
         if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
             raise self._err(key, "a list of non-empty strings", v)
@@ -187,17 +193,17 @@ def load_agent_settings(
     r.check_known(
         {
             "host_id", "groups", "nats", "etcd", "trusted_keys", "data_dir", "subject_prefix",
-            "key_prefix", "heartbeat_s", "resync_s", "max_command_bytes", "shutdown_timeout_s",
-            "log_level", "log_format",
+            "key_prefix", "heartbeat_s", "resync_s", "watch", "max_command_bytes",
+            "shutdown_timeout_s", "log_level", "log_format",
         }
     )  # fmt: skip
 
-    host_id = r.str("host_id", None) or read_machine_id(machine_id_paths)
+    host_id = r.get_str("host_id", None) or read_machine_id(machine_id_paths)
     if not host_id:
         raise ConfigError(
             "no host_id set and no /etc/machine-id to derive it from", field="host_id"
         )
-    groups = r.strs("groups", ())
+    groups = r.get_strs("groups", ())
     try:
         check_name(host_id, "host_id")
         for g in groups:
@@ -210,33 +216,33 @@ def load_agent_settings(
         {"servers", "user", "password", "token", "reconnect_base_s", "reconnect_max_s",
          "connect_timeout_s"}
     )  # fmt: skip
-    servers = n.strs("servers", DEFAULT_NATS_SERVERS)
+    servers = n.get_strs("servers", DEFAULT_NATS_SERVERS)
     if not servers:
         raise ConfigError("setting 'nats.servers': list at least one server", field="nats.servers")
     nats = NatsSettings(
         servers=servers,
-        user=n.str("user", None),
-        password=n.str("password", None),
-        token=n.str("token", None),
-        reconnect_base_s=n.num("reconnect_base_s", 0.2),
-        reconnect_max_s=n.num("reconnect_max_s", 10.0),
-        connect_timeout_s=n.num("connect_timeout_s", 2.0),
+        user=n.get_str("user", None),
+        password=n.get_str("password", None),
+        token=n.get_str("token", None),
+        reconnect_base_s=n.get_num("reconnect_base_s", 0.2),
+        reconnect_max_s=n.get_num("reconnect_max_s", 10.0),
+        connect_timeout_s=n.get_num("connect_timeout_s", 2.0),
     )
     e = r.table("etcd")
     e.check_known({"endpoints", "user", "password", "timeout_s"})
-    endpoints = e.strs("endpoints", DEFAULT_ETCD_ENDPOINTS)
+    endpoints = e.get_strs("endpoints", DEFAULT_ETCD_ENDPOINTS)
     if not endpoints:
         raise ConfigError(
             "setting 'etcd.endpoints': list at least one endpoint", field="etcd.endpoints"
         )
     etcd = EtcdSettings(
         endpoints=endpoints,
-        user=e.str("user", None),
-        password=e.str("password", None),
-        timeout_s=e.num("timeout_s", 3.0),
+        user=e.get_str("user", None),
+        password=e.get_str("password", None),
+        timeout_s=e.get_num("timeout_s", 3.0),
     )
 
-    trusted = r.strs("trusted_keys", ())
+    trusted = r.get_strs("trusted_keys", ())
     if not trusted:
         raise ConfigError(
             "setting 'trusted_keys': list at least one operator public key "
@@ -249,20 +255,20 @@ def load_agent_settings(
     except HidsError as exc:
         raise ConfigError(f"setting 'trusted_keys': {exc.message}", field="trusted_keys") from exc
 
-    log_level = (r.str("log_level", "info") or "info").lower()
+    log_level = (r.get_str("log_level", "info") or "info").lower()
     if log_level not in _LOG_LEVELS:
         raise ConfigError(
             f"setting 'log_level': expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}",
             field="log_level",
         )
-    log_format = (r.str("log_format", "auto") or "auto").lower()
+    log_format = (r.get_str("log_format", "auto") or "auto").lower()
     if log_format not in _LOG_FORMATS:
         raise ConfigError(
             f"setting 'log_format': expected one of {', '.join(_LOG_FORMATS)}",
             field="log_format",
         )
-    prefix = r.str("subject_prefix", DEFAULT_SUBJECT_PREFIX) or DEFAULT_SUBJECT_PREFIX
-    key_prefix = r.str("key_prefix", DEFAULT_KEY_PREFIX) or DEFAULT_KEY_PREFIX
+    prefix = r.get_str("subject_prefix", DEFAULT_SUBJECT_PREFIX) or DEFAULT_SUBJECT_PREFIX
+    key_prefix = r.get_str("key_prefix", DEFAULT_KEY_PREFIX) or DEFAULT_KEY_PREFIX
     if not key_prefix.startswith("/") or not key_prefix.endswith("/"):
         raise ConfigError("setting 'key_prefix': must start and end with '/'", field="key_prefix")
     return AgentSettings(
@@ -271,13 +277,14 @@ def load_agent_settings(
         nats=nats,
         etcd=etcd,
         trusted_keys=trusted,
-        data_dir=Path(r.str("data_dir", "/var/lib/hidsd") or "/var/lib/hidsd"),
+        data_dir=Path(r.get_str("data_dir", "/var/lib/hidsd") or "/var/lib/hidsd"),
         subject_prefix=prefix,
         key_prefix=key_prefix,
-        heartbeat_s=r.num("heartbeat_s", 10.0),
-        resync_s=r.num("resync_s", 60.0),
-        max_command_bytes=r.int("max_command_bytes", MAX_COMMAND_BYTES, 256),
-        shutdown_timeout_s=r.num("shutdown_timeout_s", 5.0),
+        heartbeat_s=r.get_num("heartbeat_s", 10.0),
+        resync_s=r.get_num("resync_s", 60.0),
+        watch=r.get_bool("watch", True),
+        max_command_bytes=r.get_int("max_command_bytes", MAX_COMMAND_BYTES, 256),
+        shutdown_timeout_s=r.get_num("shutdown_timeout_s", 5.0),
         log_level=log_level,
         log_format=log_format,
     )

@@ -11,6 +11,7 @@ The emergency path has no single point of failure:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from hidsd.bus.protocol import (
 from hidsd.bus.signing import OperatorKey
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus
-from hidsd.core.errors import HidsError, NoResponse, ProtocolError, StoreUnavailable
+from hidsd.core.errors import NoResponse, NotRecorded, ProtocolError, StoreUnavailable
 
 DEFAULT_TTL_S = 300.0
 
@@ -43,12 +44,6 @@ DEFAULT_TTL_S = 300.0
 def new_command_id() -> str:
     """Time-ordered and unique: milliseconds, then 48 random bits."""
     return f"{int(time.time() * 1000):x}-{secrets.token_hex(6)}"
-
-
-class NotRecorded(HidsError):
-    """etcd could not record the desired state, and an unrecorded broadcast was not allowed."""
-
-    code = "not_recorded"
 
 
 @dataclass(slots=True)
@@ -68,6 +63,8 @@ class IssueResult:
     elapsed_ms: float = 0.0
     record_ms: float = 0.0
     bad_acks: int = 0
+    broadcast: bool = False
+    bus_error: str | None = None
 
     @property
     def acked(self) -> list[str]:
@@ -92,6 +89,7 @@ class IssueResult:
         """Every expected host acked (not rejected), and the state is in etcd."""
         return (
             self.recorded
+            and self.broadcast
             and self.expected is not None
             and not self.missing
             and not self.rejected
@@ -106,6 +104,8 @@ class IssueResult:
             "rev": self.rev,
             "recorded": self.recorded,
             "store_error": self.store_error,
+            "broadcast": self.broadcast,
+            "bus_error": self.bus_error,
             "expected_known": self.expected is not None,
             "expected": len(self.expected) if self.expected is not None else None,
             "expected_hosts": self.expected,
@@ -149,7 +149,7 @@ async def issue_command(
     scope: Scope,
     target: str,
     key: OperatorKey,
-    bus: Bus,
+    bus: Bus | None,
     store: Store,
     subjects: Subjects,
     keys: KeyLayout,
@@ -160,7 +160,11 @@ async def issue_command(
     on_ack: AckCallback | None = None,
     author: str = "",
 ) -> IssueResult:
-    """Record, broadcast and count. Raises NotRecorded when etcd is down and not allowed."""
+    """Record, broadcast and count. Raises NotRecorded when etcd is down and not allowed.
+
+    With `bus=None` (NATS unreachable) the desired state is only recorded: agents converge
+    through their etcd watch or on their next reconnect/resync, and nothing is counted.
+    """
     cmd_id = new_command_id()
     issued_at = time.time()
     done = asyncio.Event()
@@ -189,9 +193,11 @@ async def issue_command(
         if result.expected is not None and set(result.expected) <= set(result.acks):
             done.set()
 
-    sub = await bus.subscribe(subjects.ack(cmd_id), on_msg)
+    sub = await bus.subscribe(subjects.ack(cmd_id), on_msg) if bus is not None else None
     try:
-        expected = await fetch_expected(bus, subjects, scope, target, controller_timeout_s)
+        expected = None
+        if bus is not None:
+            expected = await fetch_expected(bus, subjects, scope, target, controller_timeout_s)
         if expected is not None:
             result.expected = expected["online"]
             result.expected_offline = expected["offline"]
@@ -200,12 +206,21 @@ async def issue_command(
         stored = Command(cmd_id, kind, scope, target, 0, issued_at, issued_at + ttl_s, {})
         try:
             audit = msgpack.packb(
-                {"id": cmd_id, "kind": kind.value, "scope": scope.value, "target": target,
-                 "issued_at": issued_at, "key_id": key.key_id, "author": author}  # fmt: skip
+                {
+                    "id": cmd_id,
+                    "kind": kind.value,
+                    "scope": scope.value,
+                    "target": target,
+                    "issued_at": issued_at,
+                    "key_id": key.key_id,
+                    "author": author,
+                }
             )
             result.rev = await store.put_all(
-                {keys.desired(scope, target): key.sign_command(stored),
-                 keys.command_log(cmd_id): audit},  # fmt: skip
+                {
+                    keys.desired(scope, target): key.sign_command(stored),
+                    keys.command_log(cmd_id): audit,
+                },
                 absent=[keys.command_log(cmd_id)],
             )
             result.recorded = True
@@ -219,6 +234,8 @@ async def issue_command(
                     store_error=exc.message,
                 ) from exc
         result.record_ms = (time.perf_counter() - t0) * 1000
+        if bus is None:
+            return result
 
         args: dict[str, Any] = {} if result.recorded else {"unrecorded": True}
         issued_at = time.time()
@@ -227,13 +244,13 @@ async def issue_command(
         t_publish = time.perf_counter()
         await bus.publish(subjects.cmd_for(scope, target), envelope)
         await bus.flush()
+        result.broadcast = True
         if result.expected is not None and not result.expected:
             done.set()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), wait_s)
-        except TimeoutError:
-            pass
         result.elapsed_ms = (time.perf_counter() - t_publish) * 1000
     finally:
-        await sub.unsubscribe()
+        if sub is not None:
+            await sub.unsubscribe()
     return result

@@ -37,6 +37,7 @@ from hidsd.core.errors import (
     ConfigError,
     HidsError,
     NoResponse,
+    NotRecorded,
     OperatorKeyError,
     ProtocolError,
     StoreAuthError,
@@ -129,10 +130,16 @@ def load_ctl_settings(
             return tuple(v)
         raise ConfigError(f"{name}: expected a list of strings", field=name)
 
-    key_default = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "hidsd" / "operator.key"
+    key_default = (
+        Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "hidsd" / "operator.key"
+    )
     return CtlSettings(
-        nats=as_tuple(pick(nats, "HIDSCTL_NATS", "nats_servers", "nats://127.0.0.1:4222"), "nats_servers"),
-        etcd=as_tuple(pick(etcd, "HIDSCTL_ETCD", "etcd_endpoints", "127.0.0.1:2379"), "etcd_endpoints"),
+        nats=as_tuple(
+            pick(nats, "HIDSCTL_NATS", "nats_servers", "nats://127.0.0.1:4222"), "nats_servers"
+        ),
+        etcd=as_tuple(
+            pick(etcd, "HIDSCTL_ETCD", "etcd_endpoints", "127.0.0.1:2379"), "etcd_endpoints"
+        ),
         key_file=Path(pick(key, "HIDSCTL_KEY", "key_file", str(key_default))),
         subject_prefix=str(raw.get("subject_prefix", "hidsd")),
         key_prefix=str(raw.get("key_prefix", "/hidsd/")),
@@ -145,9 +152,15 @@ def load_ctl_settings(
 @app.callback()
 def _root(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option(help="hidsctl settings (TOML); env HIDSCTL_CONFIG")] = None,
-    nats: Annotated[str | None, typer.Option(help="NATS URLs, comma-separated; env HIDSCTL_NATS")] = None,
-    etcd: Annotated[str | None, typer.Option(help="etcd endpoints, comma-separated; env HIDSCTL_ETCD")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="hidsctl settings (TOML); env HIDSCTL_CONFIG")
+    ] = None,
+    nats: Annotated[
+        str | None, typer.Option(help="NATS URLs, comma-separated; env HIDSCTL_NATS")
+    ] = None,
+    etcd: Annotated[
+        str | None, typer.Option(help="etcd endpoints, comma-separated; env HIDSCTL_ETCD")
+    ] = None,
     key: Annotated[Path | None, typer.Option(help="operator key file; env HIDSCTL_KEY")] = None,
 ) -> None:
     from hidsd.core.logging import configure
@@ -166,7 +179,7 @@ def _fail(exc: HidsError) -> typer.Exit:
         code = Exit.BUS
     elif isinstance(exc, StoreAuthError | StorePermissionDenied):
         code = Exit.AUTH
-    elif isinstance(exc, StoreUnavailable):
+    elif isinstance(exc, StoreUnavailable | NotRecorded):
         code = Exit.NOT_RECORDED
     elif isinstance(exc, NoResponse):
         code = Exit.CONTROLLER
@@ -198,8 +211,7 @@ async def _ask(s: CtlSettings, verb: str, params: dict[str, Any]) -> Any:
         data = await bus.request(s.subjects.ctl(verb), encode_request(params), s.timeout_s)
     except NoResponse as exc:
         raise NoResponse(
-            "no hidsd-controller answered; is one running and connected to "
-            f"{', '.join(s.nats)}?"
+            f"no hidsd-controller answered; is one running and connected to {', '.join(s.nats)}?"
         ) from exc
     finally:
         await bus.close()
@@ -223,7 +235,9 @@ def _ago(ts: float | None) -> str:
 @keys_app.command("init")
 def keys_init(
     ctx: typer.Context,
-    force: Annotated[bool, typer.Option(help="replace an existing key (agents must be updated)")] = False,
+    force: Annotated[
+        bool, typer.Option(help="replace an existing key (agents must be updated)")
+    ] = False,
 ) -> None:
     """Create the operator's Ed25519 signing key (private, mode 0600)."""
     s: CtlSettings = ctx.obj
@@ -240,9 +254,7 @@ def keys_init(
 
 
 @keys_app.command("show")
-def keys_show(
-    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False
-) -> None:
+def keys_show(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Print the operator's public key and key id."""
     s: CtlSettings = ctx.obj
     try:
@@ -264,7 +276,17 @@ MODE_STYLE = {"running": "green", "stopped": "bold red", "exiting": "yellow"}
 
 def _agents_table(agents: list[dict[str, Any]]) -> Table:
     t = Table(title=f"{len(agents)} agents")
-    for col in ("host", "liveness", "mode", "groups", "rev", "converged", "last seen", "version", "note"):
+    for col in (
+        "host",
+        "liveness",
+        "mode",
+        "groups",
+        "rev",
+        "converged",
+        "last seen",
+        "version",
+        "note",
+    ):
         t.add_column(col)
     for a in agents:
         live = a["liveness"]
@@ -276,7 +298,9 @@ def _agents_table(agents: list[dict[str, Any]]) -> Table:
             f"[{MODE_STYLE.get(mode, 'white')}]{mode}[/]" + (" (held)" if a.get("held") else ""),
             ",".join(a.get("groups", [])),
             str(a.get("applied_rev", "-")),
-            "-" if conv is None else ("yes" if conv else f"[yellow]no (want {a['desired_rev']})[/]"),
+            "-"
+            if conv is None
+            else ("yes" if conv else f"[yellow]no (want {a['desired_rev']})[/]"),
             _ago(a.get("last_seen")),
             a.get("version", "-"),
             a.get("reason", ""),
@@ -356,7 +380,11 @@ def fleet_status(
     for mode, n in sorted(res["by_mode"].items()):
         t.add_row(f"mode {mode}", f"[{MODE_STYLE.get(mode, 'white')}]{n}[/]")
     t.add_row("emergency holds", " ".join(res["held"]) or "none")
-    conv = "unknown (etcd unreachable)" if not res["store_ok"] else (" ".join(res["not_converged"]) or "none")
+    conv = (
+        "unknown (etcd unreachable)"
+        if not res["store_ok"]
+        else (" ".join(res["not_converged"]) or "none")
+    )
     t.add_row("not converged", conv)
     out.print(t)
 
@@ -381,7 +409,7 @@ def _control(
     allow_unrecorded: bool, as_json: bool,
 ) -> None:  # fmt: skip
     from hidsd.bus.store import Store
-    from hidsd.ctl.killswitch import IssueResult, NotRecorded, issue_command
+    from hidsd.ctl.killswitch import IssueResult, issue_command
 
     scope, target = _scope(group, host)
     try:
@@ -406,8 +434,15 @@ def _control(
         progress.update(task_id, completed=len(res.acks), total=total,
                         note=f"{ack.host}: {ack.status.value}")  # fmt: skip
 
+    bus_error: list[str] = []
+
     async def go() -> IssueResult:
-        bus = await _connect(s)
+        try:
+            bus = await _connect(s)
+        except BusUnavailable as exc:
+            # Record anyway: etcd is the source of truth and agents converge from it.
+            bus = None
+            bus_error.append(exc.message)
         store = Store(s.etcd, s.etcd_user, s.etcd_password, timeout_s=s.timeout_s)
         try:
             await store.open()
@@ -419,18 +454,25 @@ def _control(
                     author=os.environ.get("USER", ""),
                 )  # fmt: skip
         finally:
-            await bus.close()
+            if bus is not None:
+                await bus.close()
             await store.close()
 
     try:
-        res = _run(go)
-    except typer.Exit:
-        raise
-    except NotRecorded as exc:  # pragma: no cover - _run maps HidsError; kept for clarity
+        res = asyncio.run(go())
+    except NotRecorded as exc:
+        if as_json:
+            _emit_json({"recorded": False, "broadcast": False, **exc.to_dict()})
         raise _fail(exc) from exc
+    except HidsError as exc:
+        raise _fail(exc) from exc
+    if bus_error:
+        res.bus_error = bus_error[0]
     _report(res, as_json)
     if not res.recorded:
         raise typer.Exit(Exit.NOT_RECORDED)
+    if not res.broadcast:
+        raise typer.Exit(Exit.BUS)
     if not res.complete:
         raise typer.Exit(Exit.INCOMPLETE)
 
@@ -440,29 +482,45 @@ def _report(res: Any, as_json: bool) -> None:
     if as_json:
         _emit_json(d)
         return
-    t = Table(title=f"{d['kind']} {d['scope']} {d['target']}  (command {d['cmd_id']})", show_header=False)
+    t = Table(
+        title=f"{d['kind']} {d['scope']} {d['target']}  (command {d['cmd_id']})", show_header=False
+    )
     t.add_column("what")
     t.add_column("value")
-    rec = f"yes, etcd revision {d['rev']}" if d["recorded"] else f"[bold red]NO[/] ({d['store_error']})"
+    rec = (
+        f"yes, etcd revision {d['rev']}"
+        if d["recorded"]
+        else f"[bold red]NO[/] ({d['store_error']})"
+    )
     t.add_row("recorded in etcd", rec)
+    if not d["broadcast"]:
+        t.add_row(
+            "broadcast on NATS", f"[bold red]NO[/] ({d['bus_error']}); agents converge from etcd"
+        )
     if d["expected_known"]:
         t.add_row("expected (online)", str(d["expected"]))
     else:
-        t.add_row("expected", "[bold yellow]UNKNOWN[/] (no controller answered; counting acks only)")
+        t.add_row(
+            "expected", "[bold yellow]UNKNOWN[/] (no controller answered; counting acks only)"
+        )
     t.add_row("acked", f"[green]{d['acked']}[/]")
     if d["superseded_hosts"]:
         t.add_row("superseded", " ".join(d["superseded_hosts"]))
     t.add_row("rejected", " ".join(d["rejected_hosts"]) or "0")
     if d["missing_hosts"] is not None:
-        t.add_row("missing", "[red]" + " ".join(d["missing_hosts"]) + "[/]" if d["missing_hosts"] else "0")
+        t.add_row(
+            "missing", "[red]" + " ".join(d["missing_hosts"]) + "[/]" if d["missing_hosts"] else "0"
+        )
     if d["offline_hosts"]:
         t.add_row("offline (converge on reconnect)", " ".join(d["offline_hosts"]))
     t.add_row("first ack", f"{d['first_ack_ms']} ms" if d["first_ack_ms"] is not None else "-")
     t.add_row("elapsed", f"{d['elapsed_ms']:.1f} ms (broadcast to last ack)")
     out.print(t)
     if not d["recorded"]:
-        err.print("[bold red]the stop was broadcast but NOT recorded in etcd[/]: agents hold it "
-                  "until a newer desired state is written; write one when etcd is back")  # fmt: skip
+        err.print(
+            "[bold red]the stop was broadcast but NOT recorded in etcd[/]: agents hold it "
+            "until a newer desired state is written; write one when etcd is back"
+        )
 
 
 WaitOpt = Annotated[float, typer.Option(help="seconds to wait for acks")]
