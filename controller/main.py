@@ -59,6 +59,10 @@ def load_settings(args: argparse.Namespace) -> ControllerSettings:
         etcd_user=raw.get("etcd_user") or env.get("HIDSD_CONTROLLER_ETCD_USER"),
         etcd_password=raw.get("etcd_password") or env.get("HIDSD_CONTROLLER_ETCD_PASSWORD"),
         timeout_factor=float(factor),
+        subject_prefix=pick(
+            args.subject_prefix, "HIDSD_CONTROLLER_SUBJECT_PREFIX", "subject_prefix", "hidsd"
+        ),
+        key_prefix=pick(args.key_prefix, "HIDSD_CONTROLLER_KEY_PREFIX", "key_prefix", "/hidsd/"),
         name=pick(args.name, "HIDSD_CONTROLLER_NAME", "name", socket.gethostname()),
     )
 
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sys-nats", help="NATS URLs with system-account credentials, for "
                    "connect/disconnect advisories (exact presence)")  # fmt: skip
     p.add_argument("--etcd", help="comma-separated etcd endpoints host:port")
+    p.add_argument("--subject-prefix", help="NATS subject prefix (default hidsd)")
+    p.add_argument("--key-prefix", help="etcd key prefix (default /hidsd/)")
     p.add_argument("--name", help="this controller's name (default: hostname)")
     p.add_argument("--log-format", default=os.environ.get("HIDSD_LOG_FORMAT", "auto"))
     p.add_argument("--log-level", default=os.environ.get("HIDSD_LOG_LEVEL", "info"))

@@ -12,6 +12,7 @@ the revision.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -72,7 +73,7 @@ def desired_mode(kind: CommandKind) -> RunMode:
 
 def check_name(value: str, what: str) -> str:
     """Host ids and group names become subject tokens and key segments: keep them plain."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise ProtocolError(
             f"invalid {what} {value!r}: use 1-128 letters, digits, '-' or '_' "
             "(no dots, spaces or wildcards)",
@@ -204,6 +205,14 @@ def _field(m: dict[str, Any], name: str, typ: type | tuple[type, ...], what: str
     return value
 
 
+def _finite(m: dict[str, Any], name: str, what: str) -> float:
+    """A timestamp: NaN or infinity would make every expiry comparison false."""
+    value = float(_field(m, name, (int, float), what))
+    if not math.isfinite(value):
+        raise ProtocolError(f"{what}: field {name!r} must be a finite number", field=name)
+    return value
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -265,8 +274,8 @@ def decode_command_body(body: bytes) -> Command:
     rev = _field(m, "rev", int, what)
     if rev < 0:
         raise ProtocolError(f"{what}: negative revision", field="rev")
-    issued_at = float(_field(m, "issued_at", (int, float), what))
-    expires_at = float(_field(m, "expires_at", (int, float), what))
+    issued_at = _finite(m, "issued_at", what)
+    expires_at = _finite(m, "expires_at", what)
     args = _field(m, "args", dict, what)
     return Command(cmd_id, kind, scope, target, rev, issued_at, expires_at, args)
 
@@ -336,11 +345,14 @@ def decode_ack(data: bytes) -> Ack:
         mode = RunMode(_field(m, "mode", str, "ack"))
     except ValueError as exc:
         raise ProtocolError(f"ack: {exc}") from exc
+    rev = _field(m, "rev", int, "ack")
+    if rev < 0:
+        raise ProtocolError("ack: negative revision", field="rev")
     return Ack(
-        cmd_id=_field(m, "cmd_id", str, "ack"),
-        host=_field(m, "host", str, "ack"),
+        cmd_id=check_name(_field(m, "cmd_id", str, "ack"), "command id"),
+        host=check_name(_field(m, "host", str, "ack"), "host id"),
         status=status,
-        rev=_field(m, "rev", int, "ack"),
+        rev=rev,
         detail=_field(m, "detail", str, "ack"),
         mode=mode,
     )
@@ -421,13 +433,20 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
         mode = RunMode(values["mode"])
     except ValueError as exc:
         raise ProtocolError(f"heartbeat: {exc}") from exc
+    if values["applied_rev"] < 0:
+        raise ProtocolError("heartbeat: negative applied_rev", field="applied_rev")
+    groups = values["groups"]
+    if not all(isinstance(g, str) for g in groups):
+        raise ProtocolError("heartbeat: groups must be strings", field="groups")
+    for g in groups:
+        check_name(g, "group")
     rejections = values["rejections"]
     if not all(isinstance(k, str) and isinstance(v, int) for k, v in rejections.items()):
         raise ProtocolError("heartbeat: rejections must map reason to count")
     return Heartbeat(
         host=check_name(values["host"], "host id"),
         version=values["version"],
-        groups=tuple(str(g) for g in values["groups"]),
+        groups=tuple(groups),
         mode=mode,
         applied_rev=values["applied_rev"],
         held=values["held"],

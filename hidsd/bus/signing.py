@@ -101,7 +101,13 @@ class OperatorKey:
     @classmethod
     def load(cls, path: Path) -> OperatorKey:
         try:
-            text = path.read_text().strip()
+            text = path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise OperatorKeyError(
+                f"{path} is not an hidsd operator key (binary content); point --key at the "
+                "file `hidsctl keys init` wrote, or create one with `hidsctl keys init`",
+                path=str(path),
+            ) from exc
         except OSError as exc:
             raise OperatorKeyError(
                 f"cannot read operator key {path}: {exc.strerror}; create one with "
@@ -114,12 +120,20 @@ class OperatorKey:
                 path=str(path),
             )
         if not text.startswith(_SEED_HEADER):
-            raise OperatorKeyError(f"{path} is not an hidsd operator key", path=str(path))
+            raise OperatorKeyError(
+                f"{path} is not an hidsd operator key; point --key at the file "
+                "`hidsctl keys init` wrote, or create one with `hidsctl keys init`",
+                path=str(path),
+            )
         try:
             seed = base64.b64decode(text[len(_SEED_HEADER) :], validate=True)
             return cls(nacl.signing.SigningKey(seed))
         except (ValueError, nacl.exceptions.CryptoError) as exc:
-            raise OperatorKeyError(f"{path}: corrupt key seed", path=str(path)) from exc
+            raise OperatorKeyError(
+                f"{path}: corrupt key seed; restore it from backup, or create a new key with "
+                "`hidsctl keys init --force` and update every agent's trusted_keys",
+                path=str(path),
+            ) from exc
 
 
 class TrustStore:

@@ -115,7 +115,7 @@ class Bus:
         attempt = 0
         while True:
             try:
-                self._nc = await nats.connect(
+                nc = await nats.connect(
                     servers=list(o.servers),
                     name=o.name,
                     user=o.user,
@@ -123,7 +123,10 @@ class Bus:
                     token=o.token,
                     connect_timeout=max(1, round(o.connect_timeout_s)),
                     allow_reconnect=True,
-                    max_reconnect_attempts=-1,
+                    # nats-py loops forever inside connect() when this is -1 and no server is
+                    # up; try each server once here and let our loop do the backoff.
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0,
                     ping_interval=o.ping_interval_s,
                     max_outstanding_pings=o.max_outstanding_pings,
                     reconnect_to_server_handler=self._pick_server,
@@ -131,6 +134,9 @@ class Bus:
                     disconnected_cb=self._disconnected_cb,
                     reconnected_cb=self._reconnected_cb,
                 )
+                # Once connected, never give up reconnecting (the handler paces it).
+                nc.options["max_reconnect_attempts"] = -1
+                self._nc = nc
                 return
             except (OSError, TimeoutError, nats.errors.Error) as exc:
                 attempt += 1

@@ -6,6 +6,7 @@ the bus, where is etcd, whom do I trust). Everything else is desired state in et
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -86,8 +87,13 @@ class _Reader:
 
     def get_num(self, key: str, default: float, minimum: float = 0.0) -> float:
         v = self.data.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int | float) or v <= minimum:
-            raise self._err(key, f"a number > {minimum}", v)
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, int | float)
+            or not math.isfinite(v)
+            or v <= minimum
+        ):
+            raise self._err(key, f"a finite number > {minimum}", v)
         return float(v)
 
     def get_bool(self, key: str, default: bool) -> bool:
@@ -118,9 +124,10 @@ class _Reader:
         unknown = sorted(set(self.data) - known)
         if unknown:
             where = f" in [{self.where}]" if self.where else ""
+            name = f"{self.where}.{unknown[0]}" if self.where else unknown[0]
             raise ConfigError(
                 f"unknown setting {unknown[0]!r}{where}; known: {', '.join(sorted(known))}",
-                field=unknown[0],
+                field=name,
             )
 
 
@@ -143,8 +150,11 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     """HIDSD_* variables override the file (containers and tests set them)."""
     nats = raw.setdefault("nats", {})
     etcd = raw.setdefault("etcd", {})
-    if not isinstance(nats, dict) or not isinstance(etcd, dict):
-        return  # the reader reports the type error with the field name
+    for name, table in (("nats", nats), ("etcd", etcd)):
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"setting {name!r}: expected a table ([{name}]), got {table!r}", field=name
+            )
     mapping: dict[str, tuple[dict[str, Any], str, bool]] = {
         "HIDSD_HOST_ID": (raw, "host_id", False),
         "HIDSD_GROUPS": (raw, "groups", True),

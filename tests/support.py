@@ -1,0 +1,224 @@
+"""Test support: a real stack (nats-server + etcd from the venv), real agent and controller
+processes, hidsctl as a subprocess, and a NATS observer that records heartbeats and acks.
+
+Each test gets its own subject and key prefix, so tests can share one server pair safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+
+from hidsd.bus.protocol import Ack, Heartbeat, KeyLayout, Subjects, decode_ack, decode_heartbeat
+from hidsd.bus.signing import OperatorKey, encode_public_key
+from hidsd.devstack import EtcdCluster, NatsServer, die_with_parent
+
+PY = sys.executable
+
+
+async def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `cond` until truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGCONT)
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+@dataclass
+class Observer:
+    """A plain NATS client that records every heartbeat and ack under a prefix."""
+
+    subjects: Subjects
+    nc: Any = None
+    heartbeats: dict[str, Heartbeat] = field(default_factory=dict)
+    acks: list[Ack] = field(default_factory=list)
+
+    async def start(self, url: str) -> Observer:
+        self.nc = await nats.connect(url, name="test-observer")
+
+        async def on_hb(msg: Msg) -> None:
+            hb = decode_heartbeat(msg.data)
+            self.heartbeats[hb.host] = hb
+
+        async def on_ack(msg: Msg) -> None:
+            self.acks.append(decode_ack(msg.data))
+
+        await self.nc.subscribe(self.subjects.heartbeat_all(), cb=on_hb)
+        await self.nc.subscribe(self.subjects.ack_all(), cb=on_ack)
+        await asyncio.sleep(0)
+        await self.nc.flush()
+        return self
+
+    def mode(self, host: str) -> str | None:
+        hb = self.heartbeats.get(host)
+        return hb.mode.value if hb else None
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        await self.nc.publish(subject, data)
+        await self.nc.flush()
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+
+
+@dataclass
+class Stack:
+    """One test's view of a running stack, with helpers to run the real programs."""
+
+    nats: NatsServer
+    etcd: EtcdCluster
+    workdir: Path
+    key: OperatorKey
+    key_path: Path
+    prefix: str = field(default_factory=lambda: f"t{secrets.token_hex(4)}")
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.prefix)
+
+    @property
+    def keys(self) -> KeyLayout:
+        return KeyLayout(f"/{self.prefix}/")
+
+    @property
+    def pub(self) -> str:
+        return encode_public_key(self.key.public_key)
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        log = self.workdir / f"{name}.log"
+        with open(log, "ab") as out:
+            p = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent, env={**os.environ, **(env or {})},  # noqa: PLW1509
+            )  # fmt: skip
+        proc = Proc(name, p, log)
+        self.procs.append(proc)
+        return proc
+
+    def agent_config(self, host: str, groups: list[str], **extra: Any) -> Path:
+        nats_servers = extra.pop("nats_servers", [self.nats.url])
+        etcd_endpoints = extra.pop("etcd_endpoints", self.etcd.endpoints)
+        settings: dict[str, Any] = {
+            "host_id": host,
+            "groups": groups,
+            "trusted_keys": [self.pub],
+            "data_dir": str(self.workdir / f"data-{host}"),
+            "subject_prefix": self.prefix,
+            "key_prefix": f"/{self.prefix}/",
+            "heartbeat_s": 0.5,
+            "resync_s": 30.0,
+            "log_format": "json",
+            "log_level": "debug",
+            **extra,
+        }
+        lines = []
+        for k, v in settings.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+        lines += ["[nats]", f"servers = {json.dumps(nats_servers)}", "reconnect_base_s = 0.1",
+                  "reconnect_max_s = 1.0"]  # fmt: skip
+        lines += ["[etcd]", f"endpoints = {json.dumps(etcd_endpoints)}", "timeout_s = 1.0"]
+        path = self.workdir / f"agent-{host}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start_agent(self, host: str, groups: list[str], **extra: Any) -> Proc:
+        cfg = self.agent_config(host, groups, **extra)
+        return self._spawn(f"agent-{host}", [PY, "-m", "hidsd.core.main", "-c", str(cfg)])
+
+    def start_controller(self, name: str = "c1") -> Proc:
+        return self._spawn(
+            f"controller-{name}",
+            [PY, "-m", "controller.main", "--nats", self.nats.url, "--sys-nats",
+             self.nats.sys_url, "--etcd", ",".join(self.etcd.endpoints), "--name", name,
+             "--subject-prefix", self.prefix, "--key-prefix", f"/{self.prefix}/",
+             "--log-format", "json"],
+        )  # fmt: skip
+
+    def ctl_env(self) -> dict[str, str]:
+        cfg = self.workdir / "hidsctl.toml"
+        cfg.write_text(
+            f'subject_prefix = "{self.prefix}"\nkey_prefix = "/{self.prefix}/"\ntimeout_s = 1.0\n'
+        )
+        return {
+            **os.environ,
+            "HIDSCTL_CONFIG": str(cfg),
+            "HIDSCTL_NATS": self.nats.url,
+            "HIDSCTL_ETCD": ",".join(self.etcd.endpoints),
+            "HIDSCTL_KEY": str(self.key_path),
+            "COLUMNS": "200",
+        }
+
+    async def hidsctl(self, *args: str, timeout: float = 60.0) -> tuple[int, str, str]:
+        """Run hidsctl; returns (exit code, stdout, stderr)."""
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-m", "hidsd.ctl.main", *args, env=self.ctl_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    async def hidsctl_json(self, *args: str) -> tuple[int, Any]:
+        code, out, err = await self.hidsctl(*args, "--json")
+        try:
+            return code, json.loads(out)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(
+                f"hidsctl {args} gave no JSON (code {code}): {out}\n{err}"
+            ) from exc
+
+    async def observer(self) -> Observer:
+        return await Observer(self.subjects).start(self.nats.url)
+
+    async def agents(self) -> dict[str, dict[str, Any]]:
+        code, res = await self.hidsctl_json("agents", "list")
+        assert code == 0, res
+        return {a["host"]: a for a in res["agents"]}
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
