@@ -76,6 +76,7 @@ from hidsd.bus.protocol import (
     Command,
     CommandKind,
     KeyLayout,
+    RunMode,
     Scope,
     Subjects,
     decode_ack,
@@ -85,6 +86,8 @@ from hidsd.bus.signing import OperatorKey, encode_public_key
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.core import logging as hidsd_logging
+from hidsd.core.agent import StateFile
+from hidsd.core.control import ControlState
 from hidsd.core.errors import HidsError, ProtocolError
 from hidsd.ctl.killswitch import DEFAULT_TTL_S, IssueResult, issue_command, new_command_id
 from hidsd.devstack import EtcdCluster, NatsServer, die_with_parent, find_binary
@@ -163,6 +166,35 @@ def etcd_watchers(endpoint: str) -> int:
             if line.startswith("etcd_debugging_mvcc_watcher_total "):
                 return int(float(line.split()[1]))
     return 0
+
+
+def default_state_base() -> Path | None:
+    """tmpfs when there is one: N agents' state files would be N disks in a real fleet."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def state_save_cost(base: Path | None, samples: int = 300) -> dict[str, Any]:
+    """What one `StateFile.save` costs on `base`'s file system (each real agent pays it once,
+    on its own disk, per change)."""
+    root = Path(tempfile.mkdtemp(prefix="hidsd-statecost-", dir=base))
+    try:
+        files = [StateFile(root / f"a{i}") for i in range(samples)]
+        for f in files:
+            f.path.parent.mkdir(parents=True)
+        times = []
+        for i, f in enumerate(files):
+            t0 = time.perf_counter()
+            f.save(ControlState(mode=RunMode.STOPPED, applied_rev=i + 1, applied_cmd="x"))
+            times.append(time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        "dir": str(root.parent),
+        "samples": samples,
+        "p50_us": round((percentile(times, 50) or 0) * 1e6, 1),
+        "p99_us": round((percentile(times, 99) or 0) * 1e6, 1),
+    }
 
 
 def machine_info() -> dict[str, Any]:
@@ -651,7 +683,7 @@ class Plan:
 
     def configs(
         self, args: argparse.Namespace, nats_url: str, etcd: list[str], key: OperatorKey,
-        workdir: Path,
+        state_dir: Path,
     ) -> list[WorkerConfig]:  # fmt: skip
         offline = split(self.offline, self.workers)
         firsts = [sum(self.sizes[:i]) for i in range(self.workers)]
@@ -664,7 +696,7 @@ class Plan:
                 first=firsts[i],
                 count=self.sizes[i],
                 offline=offline[i],
-                state_dir=str(workdir / "state"),
+                state_dir=str(state_dir),
                 connect_batch=args.connect_batch,
                 gc_freeze=args.gc_freeze,
             )
@@ -766,6 +798,11 @@ async def run_phases(bench: Bench, plan: Plan, ready: list[dict[str, Any]]) -> d
             "gc_freeze": args.gc_freeze,
             "nofile": plan.nofile,
         },
+        "state_files": {
+            "dir": args.state_dir and str(args.state_dir),
+            "save_cost_here": state_save_cost(args.state_dir),
+            "save_cost_tmp": state_save_cost(None),
+        },
         "machine": machine_info(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -775,6 +812,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the stack and the fleet, run the phases, stop everything (also on Ctrl-C)."""
     plan = Plan.from_args(args)
     workdir = Path(tempfile.mkdtemp(prefix="hidsd-killswitch-"))
+    state_dir = Path(tempfile.mkdtemp(prefix="hidsd-killswitch-state-", dir=args.state_dir))
     nats_srv = NatsServer(workdir / "stack")
     etcd = EtcdCluster(workdir / "stack")
     bus: Bus | None = None
@@ -790,7 +828,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bus = Bus(BusOptions(servers=(nats_srv.url,), name="bench-coordinator"))
         await bus.connect(attempts=3)
         fleet = Fleet(bus, workdir)
-        configs = plan.configs(args, nats_srv.url, etcd.endpoints, key, workdir)
+        configs = plan.configs(args, nats_srv.url, etcd.endpoints, key, state_dir)
         # Spawn before this process opens a gRPC channel: grpc does not like fork().
         t0 = time.perf_counter()
         ready = await fleet.start(configs, timeout=120.0 + plan.agents / 50)
@@ -817,9 +855,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         nats_srv.stop()
         etcd.stop()
         if args.keep_workdir:
-            print(f"workdir kept: {workdir}")
+            print(f"workdir kept: {workdir} (agent state: {state_dir})")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- output
@@ -901,6 +940,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--skip-issue-command", action="store_true", help="skip the hidsctl issue_command phase"
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_base(),
+        help="where the agents' StateFiles go (default /dev/shm if present, else the temp dir)",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and state files")
     args = p.parse_args(argv)  # fmt: skip

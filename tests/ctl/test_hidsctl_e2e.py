@@ -57,7 +57,7 @@ def test_nats_unreachable_read_exits_4(tmp_path: Path) -> None:
 
 
 async def test_controller_down_read_exits_5_and_show_unknown_exits_7(stack: Stack) -> None:
-    code, out, err = await stack.hidsctl("agents", "list")
+    code, _out, err = await stack.hidsctl("agents", "list")
     assert code == 5 and "no hidsd-controller answered" in err
     stack.start_controller()
     stack.start_agent("show-1", ["web"])
