@@ -198,7 +198,12 @@ class Stack:
             PY, "-m", "hidsd.ctl.main", *args, env=self.ctl_env(),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
         assert proc.returncode is not None
         return proc.returncode, out.decode(), err.decode()
 

@@ -276,18 +276,8 @@ MODE_STYLE = {"running": "green", "stopped": "bold red", "exiting": "yellow"}
 
 def _agents_table(agents: list[dict[str, Any]]) -> Table:
     t = Table(title=f"{len(agents)} agents")
-    for col in (
-        "host",
-        "liveness",
-        "mode",
-        "groups",
-        "rev",
-        "converged",
-        "last seen",
-        "version",
-        "note",
-    ):
-        t.add_column(col)
+    for col in ("host", "liveness", "mode", "groups", "rev", "converged", "last seen"):
+        t.add_column(col, no_wrap=col in ("host", "mode", "liveness"))
     for a in agents:
         live = a["liveness"]
         mode = a.get("mode", "?")
@@ -302,8 +292,6 @@ def _agents_table(agents: list[dict[str, Any]]) -> Table:
             if conv is None
             else ("yes" if conv else f"[yellow]no (want {a['desired_rev']})[/]"),
             _ago(a.get("last_seen")),
-            a.get("version", "-"),
-            a.get("reason", ""),
         )
     return t
 
