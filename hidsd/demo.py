@@ -32,11 +32,10 @@ def _agent_config(work: Path, host: str, groups: list[str], pub: str, nats: str,
                   etcd: list[str]) -> Path:  # fmt: skip
     path = work / f"{host}.toml"
     path.write_text(
-        f'host_id = "{host}"\n'
-        f"groups = {groups!r}\n".replace("'", '"')
+        f'host_id = "{host}"\ngroups = {groups!r}\n'.replace("'", '"')
         + f'trusted_keys = ["{pub}"]\n'
         f'data_dir = "{work / ("data-" + host)}"\n'
-        "heartbeat_s = 1.0\nresync_s = 15.0\nlog_format = \"json\"\n"
+        'heartbeat_s = 1.0\nresync_s = 15.0\nlog_format = "json"\n'
         f'[nats]\nservers = ["{nats}"]\n'
         f'[etcd]\nendpoints = ["{etcd[0]}"]\n'
     )
@@ -46,7 +45,7 @@ def _agent_config(work: Path, host: str, groups: list[str], pub: str, nats: str,
 def _hidsctl(env: dict[str, str], *args: str) -> int:
     console.print(f"[bold cyan]$ hidsctl {' '.join(args)}[/]")
     cmd = [sys.executable, "-m", "hidsd.ctl.main", *args]
-    return subprocess.run(cmd, env=env, check=False).returncode  # noqa: S603
+    return subprocess.run(cmd, env=env, check=False).returncode
 
 
 def _wait_online(env: dict[str, str], n: int, timeout: float = 30.0) -> None:
@@ -55,7 +54,7 @@ def _wait_online(env: dict[str, str], n: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     cmd = [sys.executable, "-m", "hidsd.ctl.main", "agents", "list", "--json"]
     while time.monotonic() < deadline:
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if r.returncode == 0:
             agents = json.loads(r.stdout)["agents"]
             if sum(a["liveness"] == "online" for a in agents) >= n:
@@ -100,8 +99,9 @@ def main() -> int:
         for host, groups in AGENTS:
             cfg = _agent_config(work, host, groups, pub, nats.url, etcd.endpoints)
             procs.append(
-                spawn([sys.executable, "-m", "hidsd.core.main", "-c", str(cfg)],
-                      work / f"{host}.log")  # fmt: skip
+                spawn(
+                    [sys.executable, "-m", "hidsd.core.main", "-c", str(cfg)], work / f"{host}.log"
+                )
             )
         console.print("started hidsd-controller and 3 hidsd agents; waiting for them to report")
         _wait_online(env, len(AGENTS))
@@ -130,9 +130,7 @@ def main() -> int:
         etcd.stop()
         nats.stop()
         left = [p.pid for p in procs if p.poll() is None]
-        console.print(
-            "all processes stopped" if not left else f"[red]still running: {left}[/]"
-        )
+        console.print("all processes stopped" if not left else f"[red]still running: {left}[/]")
         shutil.rmtree(work, ignore_errors=True)
     return code
 
