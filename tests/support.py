@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 
 from hidsd.bus.protocol import Ack, Heartbeat, KeyLayout, Subjects, decode_ack, decode_heartbeat
 from hidsd.bus.signing import OperatorKey, encode_public_key
+from hidsd.core.errors import ProtocolError
 from hidsd.devstack import EtcdCluster, NatsServer, die_with_parent
 
 PY = sys.executable
@@ -74,16 +75,24 @@ class Observer:
     nc: Any = None
     heartbeats: dict[str, Heartbeat] = field(default_factory=dict)
     acks: list[Ack] = field(default_factory=list)
+    garbage: int = 0
 
     async def start(self, url: str) -> Observer:
         self.nc = await nats.connect(url, name="test-observer")
 
         async def on_hb(msg: Msg) -> None:
-            hb = decode_heartbeat(msg.data)
+            try:
+                hb = decode_heartbeat(msg.data)
+            except ProtocolError:
+                self.garbage += 1  # tests publish garbage on these subjects too
+                return
             self.heartbeats[hb.host] = hb
 
         async def on_ack(msg: Msg) -> None:
-            self.acks.append(decode_ack(msg.data))
+            try:
+                self.acks.append(decode_ack(msg.data))
+            except ProtocolError:
+                self.garbage += 1
 
         await self.nc.subscribe(self.subjects.heartbeat_all(), cb=on_hb)
         await self.nc.subscribe(self.subjects.ack_all(), cb=on_ack)

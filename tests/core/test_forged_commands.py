@@ -3,6 +3,7 @@ counted in the heartbeat, and the agent still obeys the next valid command."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -120,6 +121,11 @@ async def test_garbage_on_every_subject_crashes_nothing(stack: Stack) -> None:
     obs = await stack.observer()
     try:
         await wait_for(lambda: obs.mode(HOST) == "running", 20, "agent running")
+        for _ in range(100):  # the controller answers and knows the agent
+            code, res = await stack.hidsctl_json("agents", "list")
+            if code == 0 and res["agents"]:
+                break
+            await asyncio.sleep(0.2)
         rng = random.Random(1234)
         s = stack.subjects
         subjects = [
