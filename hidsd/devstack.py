@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,11 +29,30 @@ PR_SET_PDEATHSIG = 1
 SYS_USER = "sys"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A free loopback port below the ephemeral range, so that client connections (thousands
+    of them in benchmarks) cannot take it between this check and the server's bind."""
+    high = min(_ephemeral_low(), 65536)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1025, high - 12000), high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        fallback: int = s.getsockname()[1]
+        return fallback
 
 
 def find_binary(name: str, env_var: str) -> str:
@@ -150,10 +170,13 @@ class NatsServer:
             lines.append(f'jetstream {{ store_dir: "{self.workdir / (self.name + "-js")}" }}')
         if self.cluster_port is not None:
             routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
-            lines.append(
-                f'cluster {{ name: "hidsd-dev" listen: 127.0.0.1:{self.cluster_port} '
-                f"routes: [ {routes} ] }}"
-            )
+            lines += [
+                "cluster {",
+                '  name: "hidsd-dev"',
+                f"  listen: 127.0.0.1:{self.cluster_port}",
+                f"  routes: [ {routes} ]",
+                "}",
+            ]
         return "\n".join(lines) + "\n"
 
     def start(self) -> NatsServer:
