@@ -217,13 +217,37 @@ class Stack:
         return proc.returncode, out.decode(), err.decode()
 
     async def hidsctl_json(self, *args: str) -> tuple[int, Any]:
+        """Run hidsctl with --json. Errors without JSON come back as {"stderr": ...}."""
         code, out, err = await self.hidsctl(*args, "--json")
+        if not out.strip() and code != 0:
+            return code, {"stderr": err}
         try:
             return code, json.loads(out)
         except json.JSONDecodeError as exc:
-            raise AssertionError(
-                f"hidsctl {args} gave no JSON (code {code}): {out}\n{err}"
-            ) from exc
+            msg = f"hidsctl {args} gave no JSON (code {code}): {out}\n{err}"
+            raise AssertionError(msg) from exc
+
+    async def wait_controller(self, timeout: float = 20.0) -> None:
+        """Until a controller answers (it starts slower than the test goes on)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            code, res = await self.hidsctl_json("agents", "list")
+            if code == 0:
+                return
+            assert time.monotonic() < deadline, f"no controller answered: {res}"
+            await asyncio.sleep(0.2)
+
+    async def wait_online(self, *hosts: str, timeout: float = 20.0) -> None:
+        """Until a controller reports all `hosts` online."""
+        deadline = time.monotonic() + timeout
+        while True:
+            code, res = await self.hidsctl_json("agents", "list")
+            if code == 0:
+                online = {a["host"] for a in res["agents"] if a["liveness"] == "online"}
+                if set(hosts) <= online:
+                    return
+            assert time.monotonic() < deadline, f"agents {hosts} not online: {res}"
+            await asyncio.sleep(0.2)
 
     async def observer(self) -> Observer:
         return await Observer(self.subjects).start(self.nats.url)

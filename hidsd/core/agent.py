@@ -31,7 +31,7 @@ from hidsd.bus.transport import Bus, BusOptions
 from hidsd.core.commands import CommandService
 from hidsd.core.control import ControlPolicy, ControlState, Decision
 from hidsd.core.convergence import ConvergenceService
-from hidsd.core.errors import ProtocolError
+from hidsd.core.errors import BusUnavailable, ProtocolError
 from hidsd.core.hostinfo import SelfUsage, host_facts
 from hidsd.core.settings import AgentSettings
 
@@ -187,6 +187,7 @@ class Agent:
             watch=settings.watch,
         )
         self.heartbeat = HeartbeatService(self)
+        self._unsent_ack: Decision | None = None
 
     @property
     def mode(self) -> RunMode:
@@ -220,10 +221,33 @@ class Agent:
             self._on_change(decision.state, decision)
         if self.bus.connected:
             await self.commands.ack(decision)
+        else:
+            self._unsent_ack = decision  # sent once the bus is up: the issuer's ledger wants it
+
+    async def _send_unsent_ack(self) -> None:
+        decision, self._unsent_ack = self._unsent_ack, None
+        if decision is not None:
+            await self.commands.ack(decision)
 
     async def _on_reconnect(self) -> None:
+        await self._send_unsent_ack()
         self.convergence.request_resync()
         self.heartbeat.poke()
+
+    async def _bus_service(self) -> None:
+        """Connect (retrying with jittered backoff), subscribe, then heartbeat.
+
+        It runs beside convergence, so an agent whose NATS is unreachable still converges to
+        the desired state in etcd.
+        """
+        try:
+            await self.bus.connect(stop=self.should_exit)
+        except BusUnavailable:
+            return  # shutting down before NATS was reachable
+        await self.commands.subscribe()
+        await self._send_unsent_ack()
+        self.log.info("bus_ready", mode=self.mode.value)
+        await self.heartbeat.run()
 
     async def run(self) -> int:
         """Run until `should_exit`; returns the process exit code."""
@@ -231,23 +255,16 @@ class Agent:
         self.log.info("starting", version=__version__, groups=list(self.settings.groups),
                       mode=self.mode.value, servers=list(self.settings.nats.servers))  # fmt: skip
         try:
-            await self.bus.connect(stop=self.should_exit)
-        except Exception:
-            await self.store.close()
-            if self.should_exit.is_set():
-                return 0
-            raise
-        try:
-            await self.commands.subscribe()
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self.convergence.run(), name="convergence"),
-                    tg.create_task(self.heartbeat.run(), name="heartbeat"),
+                    tg.create_task(self._bus_service(), name="bus"),
                 ]
                 self.log.info("running", mode=self.mode.value)
                 await self.should_exit.wait()
                 self.exiting = True
-                await self._graceful()
+                if self.bus.connected:
+                    await self._graceful()
                 for t in tasks:
                     t.cancel()
         finally:

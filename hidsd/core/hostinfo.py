@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -33,7 +34,7 @@ def host_facts() -> dict[str, Any]:
 
 def _os_release() -> dict[str, str]:
     try:
-        text = open("/etc/os-release", encoding="utf-8").read()  # noqa: SIM115
+        text = Path("/etc/os-release").read_text(encoding="utf-8")
     except OSError:
         return {}
     out: dict[str, str] = {}

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 from support import Stack, wait_for
 
 
-async def start_fleet(stack: Stack) -> dict[str, dict[str, object]]:
+async def start_fleet(stack: Stack) -> None:
     stack.start_controller()
     stack.start_agent("web-1", ["web"])
     stack.start_agent("web-2", ["web"])
     stack.start_agent("db-1", ["db"])
-
-    deadline = time.monotonic() + 20
-    while True:
-        code, res = await stack.hidsctl_json("agents", "list")
-        if code == 0 and sum(a["liveness"] == "online" for a in res["agents"]) == 3:
-            return {a["host"]: a for a in res["agents"]}
-        assert time.monotonic() < deadline, f"fleet did not come online: {res}"
-        await asyncio.sleep(0.2)
+    await stack.wait_online("web-1", "web-2", "db-1")
 
 
 async def test_kill_switch_full_ack_accounting(stack: Stack) -> None:
@@ -85,6 +77,7 @@ async def test_group_and_host_targeting(stack: Stack) -> None:
 
 async def test_agent_started_while_fleet_stopped_comes_up_stopped(stack: Stack) -> None:
     stack.start_controller()
+    await stack.wait_controller()
     code, res = await stack.hidsctl_json("fleet", "stop")
     # No agent is online: the expected set is known and empty, so the stop is complete.
     assert code == 0, res
@@ -154,6 +147,7 @@ async def test_agent_restart_never_goes_back(stack: Stack) -> None:
     obs = await stack.observer()
     try:
         await wait_for(lambda: obs.mode("solo-1") == "running", 20)
+        await stack.wait_online("solo-1")
         code, res = await stack.hidsctl_json("fleet", "stop", "--host", "solo-1")
         assert code == 0, res
         assert a.stop() == 0
@@ -167,3 +161,19 @@ async def test_agent_restart_never_goes_back(stack: Stack) -> None:
         b.stop()
     finally:
         await obs.close()
+
+
+async def test_agent_without_nats_still_converges_from_etcd(stack: Stack) -> None:
+    """No agent escapes control: with its NATS unreachable, it still applies etcd's state."""
+    from hidsd.core.agent import STATE_FILE
+    from hidsd.core.control import ControlState
+
+    _code, res = await stack.hidsctl_json("fleet", "stop")
+    assert res["recorded"], res
+    a = stack.start_agent("island-1", ["web"], nats_servers=["nats://127.0.0.1:1"])
+    state_file = stack.workdir / "data-island-1" / STATE_FILE
+    await wait_for(state_file.exists, 20, "state file written")
+    state = ControlState.from_bytes(state_file.read_bytes())
+    assert state.mode.value == "stopped" and state.applied_rev == res["rev"]
+    assert "nats_connect_failed" in a.output()
+    assert a.stop() == 0

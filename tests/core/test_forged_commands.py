@@ -3,7 +3,6 @@ counted in the heartbeat, and the agent still obeys the next valid command."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 
@@ -53,6 +52,7 @@ async def test_every_forged_class_is_rejected_counted_and_agent_keeps_obeying(
     obs = await stack.observer()
     try:
         await wait_for(lambda: obs.mode(HOST) == "running", 20, "agent running")
+        await stack.wait_online(HOST)
         code, first = await stack.hidsctl_json("fleet", "stop", "--host", HOST)
         assert code == 0, first
         await wait_for(lambda: obs.mode(HOST) == "stopped")
@@ -121,11 +121,7 @@ async def test_garbage_on_every_subject_crashes_nothing(stack: Stack) -> None:
     obs = await stack.observer()
     try:
         await wait_for(lambda: obs.mode(HOST) == "running", 20, "agent running")
-        for _ in range(100):  # the controller answers and knows the agent
-            code, res = await stack.hidsctl_json("agents", "list")
-            if code == 0 and res["agents"]:
-                break
-            await asyncio.sleep(0.2)
+        await stack.wait_online(HOST)
         rng = random.Random(1234)
         s = stack.subjects
         subjects = [

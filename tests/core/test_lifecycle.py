@@ -34,11 +34,7 @@ async def test_agent_fails_over_to_another_nats_server(
         s.nats = other
         await wait_for(lambda: "hidsd:fo-1" in _clients(other), 20, "agent failed over")
         s.start_controller()
-        for _ in range(100):
-            code, res = await s.hidsctl_json("agents", "list")
-            if code == 0 and any(a["liveness"] == "online" for a in res["agents"]):
-                break
-            await asyncio.sleep(0.2)
+        await s.wait_online("fo-1")
         code, res = await s.hidsctl_json("fleet", "stop")
         assert code == 0, res
         assert res["acked_hosts"] == ["fo-1"]

@@ -61,11 +61,7 @@ async def test_controller_down_read_exits_5_and_show_unknown_exits_7(stack: Stac
     assert code == 5 and "no hidsd-controller answered" in err
     stack.start_controller()
     stack.start_agent("show-1", ["web"])
-    for _ in range(100):
-        code, res = await stack.hidsctl_json("agents", "list")
-        if code == 0 and res["agents"]:
-            break
-        await asyncio.sleep(0.2)
+    await stack.wait_online("show-1")
     code, _out, err = await stack.hidsctl("agents", "show", "nobody")
     assert code == 7 and "unknown agent" in err
     code, res = await stack.hidsctl_json("agents", "show", "show-1")
