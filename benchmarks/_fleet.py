@@ -221,7 +221,9 @@ class LiteAgent:
                 await conv.on_events(events)
 
     async def close(self) -> None:
-        with contextlib.suppress(*AGENT_ERRORS):
+        # RuntimeError: nats-py's close() writes to a transport uvloop has already closed when
+        # the server went away with data still buffered.
+        with contextlib.suppress(*AGENT_ERRORS, RuntimeError):
             await self.bus.close(timeout=1.0)
 
 
@@ -406,7 +408,7 @@ class Worker:
         finally:
             with contextlib.suppress(*AGENT_ERRORS):
                 await self.store.close()
-            with contextlib.suppress(*AGENT_ERRORS):
+            with contextlib.suppress(*AGENT_ERRORS, RuntimeError):
                 await self.control.close()
 
 

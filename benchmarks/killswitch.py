@@ -45,6 +45,7 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -95,8 +96,10 @@ from hidsd.devstack import EtcdCluster, NatsServer, die_with_parent, find_binary
 HERE = Path(__file__).resolve().parent
 FLEET_PY = HERE / "_fleet.py"
 DEFAULT_OUT = HERE / "results" / "killswitch.json"
-#: Default cap on etcd watch streams for the reference phase (see --watch-agents).
-DEFAULT_WATCH_CAP = 10_000
+#: Default cap on etcd watch streams for the reference phase (see --watch-agents): the largest
+#: M verified on the 2-core machine (N=15,000: all streams open in about 4.4 s, about 390 MiB
+#: peak RSS per worker); N itself is limited by nats-server's 20,000 open files there.
+DEFAULT_WATCH_CAP = 15_000
 #: Connections a worker process keeps besides its agents (control, etcd, slack).
 FD_SLACK = 256
 AUTHOR = "benchmarks/killswitch.py"
@@ -108,17 +111,33 @@ NOTES = (
     "its own nats-py connection (name hidsd:<host>), ControlPolicy, CommandService (via "
     "CommandService.subscribe) and StateFile, so receipt, signature verification, revision "
     "ordering, persistence and the ack are the real code; what it lacks is the rest of the "
-    "agent (heartbeats, plugins, the periodic resync loop, the mode_changed log line: logging "
-    "is at warning). Agents of one worker handle a broadcast one after another on a single "
-    "loop, so the spread (p50, p99, all acked) includes queueing behind up to {per_worker} "
-    "other agents in the same process, which N real hosts would not have; loopback has no "
-    "network RTT, which real hosts would have. No lite agent runs an etcd watch during the "
-    "kill-switch phase: those figures are the NATS path alone. The offline agents' resync "
-    "and all watch streams of a worker share one etcd Store (one gRPC channel) per worker "
-    "process, where a real agent has its own channel; every watch is still its own gRPC "
-    "watch stream (etcd counted {watchers} watchers). floor_ms is the median of "
-    "{floor_rounds} rounds with all N connections; the kill switch is a single shot. "
-    "gc_freeze={gc_freeze}: after connecting, workers {gc_text}."
+    "agent (heartbeats, plugins, the periodic resync loop, the work gate and the mode_changed "
+    "log line; logging is at warning). "
+    "Queueing: the agents of one worker handle a broadcast one after another on one loop, and "
+    "nats-py writes a publish from a per-connection flusher task that runs only after the "
+    "handlers already scheduled in that loop iteration, so acks leave a worker in bursts; "
+    "first_ack, p50 and p99 include waiting behind up to {per_worker} other agents, which N "
+    "real hosts would not have (each would ack within about its own handling time plus the "
+    "network RTT, which loopback lacks). all_acked_ms is therefore close to the fleet's total "
+    "CPU work divided by the cores: a throughput figure for this machine, not a per-host "
+    "latency. "
+    "State files: every StateFile lives under {state_dir} ({state_note}); one save cost a "
+    "median {save_here_us} us there and {save_tmp_us} us on the temp dir's disk (each real "
+    "agent pays that once, on its own disk, in parallel with the others). "
+    "No lite agent runs an etcd watch during the kill-switch phase: those figures are the NATS "
+    "path alone. The offline agents' resync and all watch streams of a worker share one etcd "
+    "Store (one gRPC channel) per worker process, where a real agent has its own channel; "
+    "every watch is still its own gRPC watch stream (etcd counted {watchers} watchers). That "
+    "sharing favours the etcd figure: a worker's watch events arrive multiplexed on one TCP "
+    "connection, where the NATS path reads one socket per agent (as a real fleet would for "
+    "both). The signature-verifying TrustStore object is shared by a worker's agents "
+    "(it is stateless). "
+    "floor_ms is the median of {floor_rounds} rounds with all N connections (floor.online_only "
+    "has the same set of connections as the kill switch); the kill switch is a single shot. "
+    "The floor subscription is sent before CommandService.subscribe() without its own flush "
+    "(the command subscriptions' flushes cover it). "
+    "gc_freeze={gc_freeze}: after connecting, workers {gc_text}. issue_command is the real "
+    "hidsctl path, with a stub controller answering the expected set."
 )
 
 
@@ -149,6 +168,10 @@ def percentile(values: list[float], p: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(p / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 def ms(seconds: float | None) -> float | None:
@@ -544,13 +567,11 @@ class Bench:
 
     async def phase_reconnect(self, acks: AckLog, offline: set[str]) -> dict[str, Any]:
         """Offline agents come back, resync from etcd and ack the converged stop."""
-        async with asyncio.TaskGroup() as tg:
-            t0 = time.perf_counter()
-            request = tg.create_task(
-                self.fleet.request("reconnect", timeout=60.0 + len(offline) / 20)
-            )
-            ok = await acks.wait_for(offline, self.args.wait_s)
-        replies = request.result()
+        t0 = time.perf_counter()
+        replies, ok = await asyncio.gather(
+            self.fleet.request("reconnect", timeout=60.0 + len(offline) / 20),
+            acks.wait_for(offline, self.args.wait_s),
+        )
         summary = acks.summary(offline, t0, self.worker_of)
         outcomes: Counter[str] = Counter()
         for r in replies:
@@ -751,6 +772,8 @@ async def run_phases(bench: Bench, plan: Plan, ready: list[dict[str, Any]]) -> d
             f"elapsed {issue['elapsed_ms']} ms")  # fmt: skip
 
     stats = await fleet.request("stats", timeout=60.0)
+    save_here = state_save_cost(args.state_dir)
+    save_tmp = state_save_cost(None)
     floor_ms = floor_all["all_ms_median"]
     return {
         "agents": plan.agents,
@@ -779,6 +802,12 @@ async def run_phases(bench: Bench, plan: Plan, ready: list[dict[str, Any]]) -> d
             floor_rounds=args.floor_rounds,
             gc_freeze=args.gc_freeze,
             gc_text=GC_TEXT[args.gc_freeze],
+            state_dir=args.state_dir or tempfile.gettempdir(),
+            state_note="tmpfs: N agents' files would be on N disks, not one"
+            if args.state_dir == Path("/dev/shm")
+            else "one disk for every agent",
+            save_here_us=save_here["p50_us"],
+            save_tmp_us=save_tmp["p50_us"],
         ),
         "killswitch": ks,
         "offline": conv,
@@ -799,9 +828,9 @@ async def run_phases(bench: Bench, plan: Plan, ready: list[dict[str, Any]]) -> d
             "nofile": plan.nofile,
         },
         "state_files": {
-            "dir": args.state_dir and str(args.state_dir),
-            "save_cost_here": state_save_cost(args.state_dir),
-            "save_cost_tmp": state_save_cost(None),
+            "dir": str(args.state_dir or tempfile.gettempdir()),
+            "save_cost_here": save_here,
+            "save_cost_tmp": save_tmp,
         },
         "machine": machine_info(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -811,6 +840,9 @@ async def run_phases(bench: Bench, plan: Plan, ready: list[dict[str, Any]]) -> d
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the stack and the fleet, run the phases, stop everything (also on Ctrl-C)."""
     plan = Plan.from_args(args)
+    load_before = os.getloadavg()
+    if load_before[0] > 1.0:
+        warn(f"load average is {load_before[0]:.1f} before starting: other work shares the CPUs")
     workdir = Path(tempfile.mkdtemp(prefix="hidsd-killswitch-"))
     state_dir = Path(tempfile.mkdtemp(prefix="hidsd-killswitch-state-", dir=args.state_dir))
     nats_srv = NatsServer(workdir / "stack")
@@ -818,6 +850,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     bus: Bus | None = None
     fleet: Fleet | None = None
     graceful = True
+    task = asyncio.current_task()
+    if task is not None:  # SIGTERM cleans up like Ctrl-C does
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         t0 = time.perf_counter()
         nats_srv.start()
@@ -842,18 +877,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             bench = Bench(args, bus, store, fleet, key, etcd.endpoints[0], worker_of=worker_of)
             out = await run_phases(bench, plan, ready)
         out["setup"]["fleet_up_s"] = fleet_s
+        out["machine"]["loadavg_before"] = [round(x, 2) for x in load_before]
+        out["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
         return out
     except asyncio.CancelledError:
         graceful = False
         raise
     finally:
+        # Every step on its own: one failing (say, nats-server already gone after a Ctrl-C
+        # that reached the whole process group) must not leave the others undone.
         if fleet is not None:
-            await fleet.stop(graceful)
+            try:
+                await fleet.stop(graceful)
+            except Exception as exc:
+                warn(f"stopping workers: {exc!r}")
         if bus is not None:
-            with contextlib.suppress(HidsError, TimeoutError):
+            try:
                 await bus.close(timeout=2.0)
-        nats_srv.stop()
-        etcd.stop()
+            except Exception as exc:  # nats-py raises RuntimeError if the server is gone
+                warn(f"closing the coordinator's NATS connection: {exc!r}")
+        for server in (nats_srv, etcd):
+            try:
+                server.stop()
+            except Exception as exc:
+                warn(f"stopping {type(server).__name__}: {exc!r}")
         if args.keep_workdir:
             print(f"workdir kept: {workdir} (agent state: {state_dir})")
         else:
@@ -962,7 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; stack and workers stopped", file=sys.stderr)
         return 130
     print_summary(result)

@@ -194,6 +194,11 @@ class Bus:
         try:
             if nc.is_connected:
                 await asyncio.wait_for(nc.flush(), timeout)
-        except (TimeoutError, nats.errors.Error):
+        except (TimeoutError, nats.errors.Error, OSError, RuntimeError):
             self._log.warning("nats_flush_on_close_failed")
-        await nc.close()
+        try:
+            await nc.close()
+        except (OSError, RuntimeError, nats.errors.Error) as exc:
+            # The server vanished with data buffered: uvloop raises RuntimeError on the
+            # closed transport, asyncio ConnectionResetError. Closing must not fail shutdown.
+            self._log.warning("nats_close_failed", error=str(exc) or type(exc).__name__)

@@ -43,6 +43,7 @@ class StateFile:
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / STATE_FILE
+        self._dir_ready = False
 
     def load(self) -> ControlState | None:
         try:
@@ -52,7 +53,9 @@ class StateFile:
 
     def save(self, state: ControlState) -> None:
         """Atomic replace. fsync only for an emergency hold: anything else etcd re-delivers."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._dir_ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._dir_ready = True
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(state.to_bytes())
@@ -294,6 +297,10 @@ class Agent:
         try:
             async with asyncio.timeout(timeout):
                 await self.bus.close(timeout)
+        except TimeoutError:
+            self.log.warning("close_timed_out", what="nats", timeout_s=timeout)
+        try:
+            async with asyncio.timeout(timeout):
                 await self.store.close()
         except TimeoutError:
-            self.log.warning("close_timed_out", timeout_s=timeout)
+            self.log.warning("close_timed_out", what="etcd", timeout_s=timeout)

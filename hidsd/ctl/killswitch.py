@@ -173,6 +173,8 @@ async def issue_command(
         recorded=False, store_error=None, expected=None, expected_offline=[],
     )  # fmt: skip
     t_publish = 0.0
+    expected_set: set[str] | None = None
+    remaining: set[str] = set()
 
     async def on_msg(msg: Msg) -> None:
         try:
@@ -185,12 +187,16 @@ async def issue_command(
             return
         if result.first_ack_ms is None and t_publish:
             result.first_ack_ms = round((time.perf_counter() - t_publish) * 1000, 2)
+        first = ack.host not in result.acks
         result.acks[ack.host] = ack
-        if result.expected is not None and ack.host not in result.expected:
-            result.unexpected.append(ack.host)
+        if expected_set is not None:
+            if ack.host in remaining:
+                remaining.discard(ack.host)
+            elif first and ack.host not in expected_set:
+                result.unexpected.append(ack.host)
         if on_ack is not None:
             on_ack(ack, result)
-        if result.expected is not None and set(result.expected) <= set(result.acks):
+        if expected_set is not None and not remaining:
             done.set()
 
     sub = await bus.subscribe(subjects.ack(cmd_id), on_msg) if bus is not None else None
@@ -201,6 +207,9 @@ async def issue_command(
         if expected is not None:
             result.expected = expected["online"]
             result.expected_offline = expected["offline"]
+            # O(1) per ack: at fleet scale a list scan per ack is quadratic.
+            expected_set = set(result.expected)
+            remaining = expected_set - set(result.acks)
 
         t0 = time.perf_counter()
         stored = Command(cmd_id, kind, scope, target, 0, issued_at, issued_at + ttl_s, {})
