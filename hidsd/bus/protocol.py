@@ -12,6 +12,7 @@ the revision.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -174,6 +175,53 @@ class KeyLayout:
     def command_log(self, cmd_id: str) -> str:
         return f"{self.prefix}commands/{cmd_id}"
 
+    # Config versions: immutable keys of their own (compaction never loses history) and a
+    # `current` pointer per scope that writers compare-and-swap.
+
+    @staticmethod
+    def scope_label(scope: Scope, target: str) -> str:
+        """'fleet', 'group:web', 'host:h1': how operators and heartbeats name a scope."""
+        return "fleet" if scope is Scope.FLEET else f"{scope.value}:{target}"
+
+    def _config_base(self, scope: Scope, target: str) -> str:
+        if scope is Scope.FLEET:
+            return f"{self.prefix}config/fleet/"
+        return f"{self.prefix}config/{scope.value}/{target}/"
+
+    def config_current(self, scope: Scope, target: str) -> str:
+        return self._config_base(scope, target) + "current"
+
+    def config_versions(self, scope: Scope, target: str) -> str:
+        return self._config_base(scope, target) + "versions/"
+
+    def config_version(self, scope: Scope, target: str, version: int) -> str:
+        return f"{self.config_versions(scope, target)}{version:010d}"
+
+    def config_scope_prefix(self, scope: Scope, target: str) -> str:
+        return self._config_base(scope, target)
+
+    @property
+    def config_prefix(self) -> str:
+        return f"{self.prefix}config/"
+
+    def config_applicable(self, host: str, groups: tuple[str, ...]) -> list[tuple[Scope, str]]:
+        """Scopes whose config governs one agent, lowest precedence first."""
+        return [
+            (Scope.FLEET, FLEET_TARGET),
+            *((Scope.GROUP, g) for g in sorted(groups)),
+            (Scope.HOST, host),
+        ]
+
+
+def parse_scope(label: str) -> tuple[Scope, str]:
+    """'fleet' | 'group:G' | 'host:H' -> (Scope, target); ProtocolError names the format."""
+    if label == "fleet":
+        return Scope.FLEET, FLEET_TARGET
+    kind, sep, target = label.partition(":")
+    if sep and kind in (Scope.GROUP.value, Scope.HOST.value):
+        return Scope(kind), check_name(target, f"{kind} name")
+    raise ProtocolError(f"invalid scope {label!r}: use fleet, group:NAME or host:NAME")
+
 
 # --------------------------------------------------------------------------- msgpack
 
@@ -310,6 +358,77 @@ def decode_envelope(data: bytes, max_bytes: int = MAX_COMMAND_BYTES) -> Envelope
     return Envelope(body, key_id, sig)
 
 
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigVersion:
+    """One immutable config version of a scope (stored as JSON: readable with etcdctl)."""
+
+    scope: str
+    version: int
+    content: str
+    digest: str
+    author: str
+    time: float
+    message: str
+    rollback_of: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope, "version": self.version, "content": self.content,
+            "digest": self.digest, "author": self.author, "time": self.time,
+            "message": self.message, "rollback_of": self.rollback_of,
+        }  # fmt: skip
+
+
+def encode_config_version(cv: ConfigVersion) -> bytes:
+    return json.dumps(cv.to_dict(), sort_keys=True).encode()
+
+
+def decode_config_version(data: bytes) -> ConfigVersion:
+    what = "config version"
+    try:
+        m = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{what}: not JSON ({type(exc).__name__})") from exc
+    if not isinstance(m, dict):
+        raise ProtocolError(f"{what}: expected an object")
+    rb = m.get("rollback_of")
+    if rb is not None and (isinstance(rb, bool) or not isinstance(rb, int)):
+        raise ProtocolError(f"{what}: rollback_of must be a version number", field="rollback_of")
+    version = _field(m, "version", int, what)
+    if version < 1:
+        raise ProtocolError(f"{what}: version must be >= 1", field="version")
+    return ConfigVersion(
+        scope=_field(m, "scope", str, what),
+        version=version,
+        content=_field(m, "content", str, what),
+        digest=_field(m, "digest", str, what),
+        author=_field(m, "author", str, what),
+        time=_finite(m, "time", what),
+        message=_field(m, "message", str, what),
+        rollback_of=rb,
+    )
+
+
+def encode_config_pointer(version: int, digest: str) -> bytes:
+    return json.dumps({"version": version, "digest": digest}).encode()
+
+
+def decode_config_pointer(data: bytes) -> tuple[int, str]:
+    try:
+        m = json.loads(data)
+        version, digest = m["version"], m["digest"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"config pointer: corrupt ({type(exc).__name__})") from exc
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ProtocolError("config pointer: version must be a number >= 1", field="version")
+    if not isinstance(digest, str):
+        raise ProtocolError("config pointer: digest must be a string", field="digest")
+    return version, digest
+
+
 # --------------------------------------------------------------------------- acks
 
 
@@ -380,6 +499,8 @@ class Heartbeat:
     facts: dict[str, Any] = field(default_factory=dict)
     rejections: dict[str, int] = field(default_factory=dict)
     bye: bool = False
+    #: {"versions": {scope label: version}, "fingerprint", "status": ok|rejected, "error"}
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 _HB_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
@@ -401,6 +522,13 @@ _HB_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
 )
 
 
+def _optional_map(m: dict[str, Any], name: str) -> dict[str, Any]:
+    value = m.get(name, {})
+    if not isinstance(value, dict):
+        raise ProtocolError(f"heartbeat: field {name!r} must be a map", field=name)
+    return value
+
+
 def encode_heartbeat(hb: Heartbeat) -> bytes:
     return _pack(
         {
@@ -420,6 +548,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
             "facts": hb.facts,
             "rejections": hb.rejections,
             "bye": hb.bye,
+            "config": hb.config,
         }
     )
 
@@ -459,6 +588,7 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
         facts=values["facts"],
         rejections=rejections,
         bye=values["bye"],
+        config=_optional_map(m, "config"),
     )
 
 

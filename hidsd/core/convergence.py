@@ -7,30 +7,17 @@ picked up from etcd within one reconnect.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
 from hidsd.bus.protocol import KeyLayout
-from hidsd.bus.store import KV, WatchEvent
-from hidsd.bus.transport import backoff_delay
+from hidsd.bus.store import WatchEvent
 from hidsd.core.control import ControlPolicy, Decision, DesiredRecord
-from hidsd.core.errors import CommandRejected, HidsError
-
-
-class DesiredStore(Protocol):
-    """What convergence needs from etcd (the Store adapter implements it)."""
-
-    async def get_many(self, keys: Sequence[str]) -> tuple[list[KV], int]: ...
-
-    def watch_prefix(
-        self, prefix: str, start_revision: int = 0
-    ) -> AsyncIterator[list[WatchEvent]]: ...
-
+from hidsd.core.errors import CommandRejected
+from hidsd.core.follow import Follower, FollowStore
 
 DecisionHandler = Callable[[Decision], Awaitable[None]]
 
@@ -40,7 +27,7 @@ class ConvergenceService:
 
     def __init__(
         self,
-        store: DesiredStore,
+        store: FollowStore,
         policy: ControlPolicy,
         keys: KeyLayout,
         resync_s: float,
@@ -48,7 +35,6 @@ class ConvergenceService:
         rng: random.Random | None = None,
         watch: bool = True,
     ) -> None:
-        self.watch = watch
         self.store = store
         self.policy = policy
         self.keys = keys
@@ -57,19 +43,23 @@ class ConvergenceService:
         self.applicable = keys.applicable(policy.host, policy.groups)
         self.records: dict[str, DesiredRecord] = {}
         self.last_revision = 0
-        self.store_ok = False
-        self.resyncs = 0
-        self._trigger = asyncio.Event()
-        self._synced = asyncio.Event()
-        self._rng = rng or random.Random()
         self._log: Any = structlog.get_logger("hidsd.convergence").bind(host=policy.host)
+        self.follower = Follower(
+            store, self.applicable, self._resync_rev, self.on_events,
+            lambda: self.resync_s, self._log, watch=watch, rng=rng,
+        )  # fmt: skip
+
+    @property
+    def store_ok(self) -> bool:
+        return self.follower.store_ok
+
+    @property
+    def resyncs(self) -> int:
+        return self.follower.resyncs
 
     def request_resync(self) -> None:
         """Ask for a resync soon (called on NATS reconnect)."""
-        self._trigger.set()
-
-    async def wait_synced(self) -> None:
-        await self._synced.wait()
+        self.follower.request()
 
     def _record(self, key: str, value: bytes, mod_revision: int) -> DesiredRecord | None:
         try:
@@ -79,6 +69,10 @@ class ConvergenceService:
                             detail=exc.message)  # fmt: skip
             return None
         return DesiredRecord(cmd, mod_revision)
+
+    async def _resync_rev(self, why: str) -> int:
+        await self.resync(why)
+        return self.last_revision
 
     async def resync(self, why: str) -> Decision | None:
         """Read all applicable keys at one revision and converge. Raises HidsError."""
@@ -90,7 +84,6 @@ class ConvergenceService:
                 records[kv.key] = rec
         self.records = records
         self.last_revision = max(self.last_revision, revision)
-        self.resyncs += 1
         self._log.debug("resynced", why=why, revision=revision, records=len(records))
         return await self._converge()
 
@@ -116,51 +109,4 @@ class ConvergenceService:
         return await self._converge() if touched else None
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._resync_loop())
-            if self.watch:
-                tg.create_task(self._watch_loop())
-
-    async def _resync_loop(self) -> None:
-        failures = 0
-        while True:
-            why = (
-                "start" if self.resyncs == 0 else "trigger" if self._trigger.is_set() else "period"
-            )
-            self._trigger.clear()
-            try:
-                await self.resync(why)
-                failures = 0
-                if not self.store_ok:
-                    self._log.info("store_reachable")
-                self.store_ok = True
-                self._synced.set()
-                wait = self.resync_s * self._rng.uniform(0.8, 1.2)
-            except HidsError as exc:
-                failures += 1
-                if self.store_ok or failures == 1:
-                    self._log.warning("store_unreachable", error=exc.message)
-                self.store_ok = False
-                wait = backoff_delay(failures, 0.5, min(self.resync_s, 15.0), self._rng)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._trigger.wait(), wait)
-
-    async def _watch_loop(self) -> None:
-        """One watch over the desired-state prefix, filtered to this agent's keys.
-
-        It starts after the first successful read, from the revision read, so no change
-        between the read and the watch is missed.
-        """
-        failures = 0
-        while True:
-            await self._synced.wait()
-            try:
-                async for events in self.store.watch_prefix(
-                    self.keys.desired_prefix, start_revision=self.last_revision + 1
-                ):
-                    failures = 0
-                    await self.on_events(events)
-            except HidsError as exc:
-                failures += 1
-                self._log.warning("watch_failed", error=exc.message)
-                await asyncio.sleep(backoff_delay(failures, 0.5, 10.0, self._rng))
+        await self.follower.run()
