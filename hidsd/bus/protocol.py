@@ -120,6 +120,13 @@ class Subjects:
     def heartbeat_all(self) -> str:
         return f"{self.prefix}.hb.*"
 
+    def event(self, host: str) -> str:
+        """Agent events (config rejected, state changes): low volume, for operators."""
+        return f"{self.prefix}.evt.{host}"
+
+    def event_all(self) -> str:
+        return f"{self.prefix}.evt.*"
+
     def telemetry(self, host: str, plugin: str) -> str:
         return f"{self.prefix}.tel.{host}.{plugin}"
 
@@ -590,6 +597,23 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
         bye=values["bye"],
         config=_optional_map(m, "config"),
     )
+
+
+# --------------------------------------------------------------------------- events
+
+
+def encode_event(host: str, event: dict[str, Any], at: float) -> bytes:
+    return _pack({"host": host, "at": at, **event})
+
+
+def decode_event(data: bytes) -> dict[str, Any]:
+    m = _unpack(data, "event", 64 * 1024)
+    if not isinstance(m, dict):
+        raise ProtocolError("event: expected a map")
+    check_name(_field(m, "host", str, "event"), "host id")
+    _field(m, "kind", str, "event")
+    _finite(m, "at", "event")
+    return m
 
 
 # --------------------------------------------------------------------------- controller RPC

@@ -23,12 +23,14 @@ from hidsd.bus.protocol import (
     KeyLayout,
     RunMode,
     Subjects,
+    encode_event,
     encode_heartbeat,
 )
 from hidsd.bus.signing import TrustStore
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.core.commands import CommandService
+from hidsd.core.configsvc import ConfigService
 from hidsd.core.control import ControlPolicy, ControlState, Decision
 from hidsd.core.convergence import ConvergenceService
 from hidsd.core.errors import BusUnavailable, ProtocolError
@@ -115,7 +117,7 @@ class HeartbeatService:
             mode=a.mode,
             applied_rev=state.applied_rev,
             held=state.held,
-            interval_s=a.settings.heartbeat_s,
+            interval_s=a.heartbeat_s,
             seq=self.seq,
             sent_at=time.time(),
             uptime_s=round(time.monotonic() - a.started, 3),
@@ -124,6 +126,7 @@ class HeartbeatService:
             facts={**self._facts, "store_ok": a.convergence.store_ok},
             rejections=rejections,
             bye=bye,
+            config=a.config.report(),
         )
 
     async def send(self, bye: bool = False) -> None:
@@ -134,10 +137,10 @@ class HeartbeatService:
             )
 
     async def run(self) -> None:
-        interval = self.agent.settings.heartbeat_s
         while True:
             await self.send()
             self._now.clear()
+            interval = self.agent.heartbeat_s  # hot-reloadable
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._now.wait(), interval * self._rng.uniform(0.9, 1.1))
 
@@ -189,8 +192,18 @@ class Agent:
             self._on_store_decision,
             watch=settings.watch,
         )
+        self.heartbeat_s = settings.heartbeat_s
+        self.dynamic: dict[str, Any] = {}
+        self.config = ConfigService(
+            self.store, self.keys, settings.host_id, settings.groups, settings.data_dir,
+            base={"log_level": settings.log_level, "heartbeat_s": settings.heartbeat_s,
+                  "resync_s": settings.resync_s},
+            on_apply=self._apply_config, on_reject=self._publish_event,
+            period_s=lambda: self.convergence.resync_s, watch=settings.watch,
+        )  # fmt: skip
         self.heartbeat = HeartbeatService(self)
         self._unsent_ack: Decision | None = None
+        self.config.load_last_good()
 
     @property
     def mode(self) -> RunMode:
@@ -232,9 +245,30 @@ class Agent:
         if decision is not None:
             await self.commands.ack(decision)
 
+    def _apply_config(self, effective: dict[str, Any]) -> None:
+        """Hot reload: what takes effect without a restart."""
+        from hidsd.core.logging import set_level
+
+        level = effective["log_level"]
+        set_level(level)
+        self.heartbeat_s = float(effective["heartbeat_s"])
+        self.convergence.resync_s = float(effective["resync_s"])
+        self.dynamic = effective  # telemetry limits and plugin settings (plugins issue)
+        self.log.info("config_hot_reloaded", log_level=level, heartbeat_s=self.heartbeat_s,
+                      resync_s=self.convergence.resync_s)  # fmt: skip
+        if hasattr(self, "heartbeat"):
+            self.heartbeat.poke()
+
+    async def _publish_event(self, event: dict[str, Any]) -> None:
+        if self.bus.connected:
+            data = encode_event(self.settings.host_id, event, time.time())
+            await self.bus.publish(self.subjects.event(self.settings.host_id), data)
+        self.heartbeat.poke()
+
     async def _on_reconnect(self) -> None:
         await self._send_unsent_ack()
         self.convergence.request_resync()
+        self.config.follower.request()
         self.heartbeat.poke()
 
     async def _bus_service(self) -> None:
@@ -261,6 +295,7 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self.convergence.run(), name="convergence"),
+                    tg.create_task(self.config.run(), name="config"),
                     tg.create_task(self._bus_service(), name="bus"),
                 ]
                 self.log.info("running", mode=self.mode.value)
