@@ -27,6 +27,8 @@ from hidsd.bus.protocol import (
     Scope,
     Subjects,
     decode_ack,
+    decode_config_pointer,
+    decode_event,
     decode_heartbeat,
     decode_request,
     encode_reply,
@@ -37,6 +39,8 @@ from hidsd.core.errors import HidsError, ProtocolError
 
 #: How many commands' acks the ledger keeps (oldest evicted first, and counted).
 LEDGER_SIZE = 1024
+#: Events kept per agent (oldest dropped first, and counted).
+EVENTS_PER_AGENT = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,7 @@ class Controller:
         self.keys = KeyLayout(settings.key_prefix)
         self.presence = Presence(timeout_factor=settings.timeout_factor)
         self.ledger = AckLedger()
+        self.events: dict[str, list[dict[str, Any]]] = {}
         self.counters: Counter[str] = Counter()
         self.started = time.time()
         self.should_exit = asyncio.Event()
@@ -115,6 +120,7 @@ class Controller:
             "expected": self.h_expected,
             "acks": self.h_acks,
             "ping": self.h_ping,
+            "config.status": self.h_config_status,
         }
 
     # ------------------------------------------------------------------ inputs
@@ -146,6 +152,24 @@ class Controller:
             return
         self.ledger.record(ack)
         self.counters["acks"] += 1
+
+    async def on_event(self, msg: Msg) -> None:
+        try:
+            event = decode_event(msg.data)
+        except ProtocolError as exc:
+            self.counters["bad_event"] += 1
+            self.log.warning("bad_event", subject=msg.subject, error=exc.message)
+            return
+        if msg.subject != self.subjects.event(event["host"]):
+            self.counters["event_subject_mismatch"] += 1
+            return
+        kept = self.events.setdefault(event["host"], [])
+        kept.append(event)
+        if len(kept) > EVENTS_PER_AGENT:
+            del kept[0]
+            self.counters["events_dropped"] += 1
+        self.counters["events"] += 1
+        self.log.info("agent_event", **{k: v for k, v in event.items() if k != "at"})
 
     async def on_advisory(self, msg: Msg) -> None:
         try:
@@ -218,7 +242,7 @@ class Controller:
             raise ProtocolError(f"unknown agent {host!r}")
         revisions = await self._desired_revisions()
         view = [a for a in self._agent_view(revisions, time.time()) if a["host"] == host]
-        return view[0]
+        return {**view[0], "events": self.events.get(str(host), [])}
 
     async def h_fleet_status(self, params: dict[str, Any]) -> Any:
         revisions = await self._desired_revisions()
@@ -254,6 +278,51 @@ class Controller:
             h: {"status": a.status.value, "rev": a.rev, "detail": a.detail} for h, a in acks.items()
         }
 
+    async def _config_pointers(self) -> dict[str, int] | None:
+        """Current version per scope label, from the `current` pointers in etcd."""
+        try:
+            kvs, _ = await self.store.get_prefix(self.keys.config_prefix, keys_only=True)
+            pointer_keys = [kv.key for kv in kvs if kv.key.endswith("/current")]
+            pointers, _ = await self.store.get_many(pointer_keys) if pointer_keys else ([], 0)
+        except HidsError:
+            return None
+        out: dict[str, int] = {}
+        base = self.keys.config_prefix
+        for kv in pointers:
+            rest = kv.key[len(base) : -len("/current")]
+            label = "fleet" if rest == "fleet" else rest.replace("/", ":", 1)
+            try:
+                out[label] = decode_config_pointer(kv.value)[0]
+            except ProtocolError:
+                out[label] = -1  # corrupt pointer: no agent can converge to it
+        return out
+
+    async def h_config_status(self, params: dict[str, Any]) -> Any:
+        """Which agents run which versions, which rejected one and why, who lags."""
+        pointers = await self._config_pointers()
+        rows = []
+        for rec in sorted(self.presence.agents.values(), key=lambda r: r.host):
+            hb = rec.heartbeat
+            if hb is None:
+                continue
+            cfg = hb.config or {}
+            running = {str(k): v for k, v in (cfg.get("versions") or {}).items()}
+            want: dict[str, int] | None = None
+            if pointers is not None:
+                labels = ["fleet", *(f"group:{g}" for g in hb.groups), f"host:{rec.host}"]
+                want = {lbl: pointers[lbl] for lbl in labels if lbl in pointers}
+            rows.append({
+                "host": rec.host,
+                "liveness": rec.liveness.value,
+                "running": running,
+                "desired": want,
+                "converged": None if want is None else running == want,
+                "status": cfg.get("status", "unknown"),
+                "rejected": cfg.get("rejected"),
+                "fingerprint": cfg.get("fingerprint"),
+            })  # fmt: skip
+        return {"store_ok": pointers is not None, "current": pointers or {}, "agents": rows}
+
     async def h_ping(self, params: dict[str, Any]) -> Any:
         return {
             "name": self.settings.name,
@@ -281,6 +350,7 @@ class Controller:
             s = self.subjects
             await self.bus.subscribe(s.heartbeat_all(), self.on_heartbeat)
             await self.bus.subscribe(s.ack_all(), self.on_ack)
+            await self.bus.subscribe(s.event_all(), self.on_event)
             await self.bus.subscribe(s.ctl_all(), self.on_request, queue=CONTROLLER_QUEUE)
             if self.sys_bus is not None:
                 await self.sys_bus.subscribe("$SYS.ACCOUNT.*.CONNECT", self.on_advisory)

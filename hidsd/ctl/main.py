@@ -4,19 +4,11 @@ something (see `Exit`)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
-import time
-import tomllib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -24,40 +16,33 @@ from hidsd.bus.protocol import (
     FLEET_TARGET,
     Ack,
     CommandKind,
-    KeyLayout,
     Scope,
-    Subjects,
     check_name,
-    decode_reply,
-    encode_request,
 )
 from hidsd.bus.signing import OperatorKey, encode_public_key
 from hidsd.core.errors import (
     BusUnavailable,
     ConfigError,
     HidsError,
-    NoResponse,
     NotRecorded,
     OperatorKeyError,
     ProtocolError,
-    StoreAuthError,
-    StorePermissionDenied,
-    StoreUnavailable,
 )
-
-T = TypeVar("T")
-
-
-class Exit(IntEnum):
-    OK = 0
-    INCOMPLETE = 1  # some expected hosts did not ack, or rejected, or the expected set is unknown
-    USAGE = 2  # bad arguments or settings
-    NOT_RECORDED = 3  # etcd down: refused, or broadcast without a record
-    BUS = 4  # NATS unreachable
-    CONTROLLER = 5  # no controller answered a read
-    AUTH = 6  # etcd credentials or permissions
-    NOT_FOUND = 7
-
+from hidsd.ctl.common import (
+    CtlSettings,
+    Exit,
+    _ago,
+    _ask,
+    _connect,
+    _emit_json,
+    _fail,
+    _run,
+    author,
+    err,
+    load_ctl_settings,
+    open_store,
+    out,
+)
 
 app = typer.Typer(
     name="hidsctl", help="Operate an hidsd fleet.", no_args_is_help=True, add_completion=False
@@ -69,84 +54,16 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(agents_app, name="agents")
 app.add_typer(fleet_app, name="fleet")
 
-out = Console()
-err = Console(stderr=True)
+
+def _register_more() -> None:
+    from hidsd.ctl.cmd_auth import auth_app
+    from hidsd.ctl.cmd_config import config_app
+
+    app.add_typer(config_app, name="config")
+    app.add_typer(auth_app, name="auth")
 
 
-@dataclass
-class CtlSettings:
-    nats: tuple[str, ...]
-    etcd: tuple[str, ...]
-    key_file: Path
-    subject_prefix: str = "hidsd"
-    key_prefix: str = "/hidsd/"
-    etcd_user: str | None = None
-    etcd_password: str | None = None
-    timeout_s: float = 2.0
-
-    @property
-    def subjects(self) -> Subjects:
-        return Subjects(self.subject_prefix)
-
-    @property
-    def keys(self) -> KeyLayout:
-        return KeyLayout(self.key_prefix)
-
-
-def _default_config() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "hidsd" / "hidsctl.toml"
-
-
-def _split(v: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in v.split(",") if x.strip())
-
-
-def load_ctl_settings(
-    config: Path | None, nats: str | None, etcd: str | None, key: Path | None
-) -> CtlSettings:
-    path = config or Path(os.environ.get("HIDSCTL_CONFIG", "") or _default_config())
-    raw: dict[str, Any] = {}
-    if path.exists():
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}", field="config") from exc
-    elif config is not None:
-        raise ConfigError(f"config file {config} does not exist", field="config")
-    env = os.environ
-
-    def pick(flag: Any, var: str, name: str, default: Any) -> Any:
-        if flag:
-            return flag
-        if env.get(var):
-            return env[var]
-        return raw.get(name, default)
-
-    def as_tuple(v: Any, name: str) -> tuple[str, ...]:
-        if isinstance(v, str):
-            return _split(v)
-        if isinstance(v, list) and all(isinstance(x, str) for x in v):
-            return tuple(v)
-        raise ConfigError(f"{name}: expected a list of strings", field=name)
-
-    key_default = (
-        Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "hidsd" / "operator.key"
-    )
-    return CtlSettings(
-        nats=as_tuple(
-            pick(nats, "HIDSCTL_NATS", "nats_servers", "nats://127.0.0.1:4222"), "nats_servers"
-        ),
-        etcd=as_tuple(
-            pick(etcd, "HIDSCTL_ETCD", "etcd_endpoints", "127.0.0.1:2379"), "etcd_endpoints"
-        ),
-        key_file=Path(pick(key, "HIDSCTL_KEY", "key_file", str(key_default))),
-        subject_prefix=str(raw.get("subject_prefix", "hidsd")),
-        key_prefix=str(raw.get("key_prefix", "/hidsd/")),
-        etcd_user=pick(None, "HIDSCTL_ETCD_USER", "etcd_user", None),
-        etcd_password=pick(None, "HIDSCTL_ETCD_PASSWORD", "etcd_password", None),
-        timeout_s=float(raw.get("timeout_s", 2.0)),
-    )
+_register_more()
 
 
 @app.callback()
@@ -162,71 +79,26 @@ def _root(
         str | None, typer.Option(help="etcd endpoints, comma-separated; env HIDSCTL_ETCD")
     ] = None,
     key: Annotated[Path | None, typer.Option(help="operator key file; env HIDSCTL_KEY")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="etcd user; env HIDSCTL_ETCD_USER")
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            "--password",
+            help="etcd password (prefer HIDSCTL_ETCD_PASSWORD or a credentials file: "
+            "command lines are visible to other users)",
+        ),
+    ] = None,
 ) -> None:
     from hidsd.core.logging import configure
 
     configure(os.environ.get("HIDSCTL_LOG_LEVEL", "error"), "console")
     try:
-        ctx.obj = load_ctl_settings(config, nats, etcd, key)
+        ctx.obj = load_ctl_settings(config, nats, etcd, key, user, password)
     except ConfigError as exc:
         err.print(f"[red]error:[/] {exc.message}")
         raise typer.Exit(Exit.USAGE) from exc
-
-
-def _fail(exc: HidsError) -> typer.Exit:
-    code = Exit.INCOMPLETE
-    if isinstance(exc, BusUnavailable):
-        code = Exit.BUS
-    elif isinstance(exc, StoreAuthError | StorePermissionDenied):
-        code = Exit.AUTH
-    elif isinstance(exc, StoreUnavailable | NotRecorded):
-        code = Exit.NOT_RECORDED
-    elif isinstance(exc, NoResponse):
-        code = Exit.CONTROLLER
-    elif isinstance(exc, ConfigError | OperatorKeyError):
-        code = Exit.USAGE
-    err.print(f"[red]error:[/] {exc.message}")
-    return typer.Exit(code)
-
-
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except HidsError as exc:
-        raise _fail(exc) from exc
-
-
-async def _connect(s: CtlSettings) -> Any:
-    from hidsd.bus.transport import Bus, BusOptions
-
-    bus = Bus(BusOptions(servers=s.nats, name="hidsctl", connect_timeout_s=s.timeout_s,
-                         reconnect_base_s=0.1, reconnect_max_s=0.5))  # fmt: skip
-    await bus.connect(attempts=2)
-    return bus
-
-
-async def _ask(s: CtlSettings, verb: str, params: dict[str, Any]) -> Any:
-    bus = await _connect(s)
-    try:
-        data = await bus.request(s.subjects.ctl(verb), encode_request(params), s.timeout_s)
-    except NoResponse as exc:
-        raise NoResponse(
-            f"no hidsd-controller answered; is one running and connected to {', '.join(s.nats)}?"
-        ) from exc
-    finally:
-        await bus.close()
-    return decode_reply(data)
-
-
-def _emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _ago(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    d = time.time() - ts
-    return f"{d:.1f}s ago" if d < 120 else f"{d / 60:.0f}m ago"
 
 
 # ------------------------------------------------------------------ keys
@@ -396,7 +268,6 @@ def _control(
     s: CtlSettings, kind: CommandKind, group: str | None, host: str | None, wait: float,
     allow_unrecorded: bool, as_json: bool,
 ) -> None:  # fmt: skip
-    from hidsd.bus.store import Store
     from hidsd.ctl.killswitch import IssueResult, issue_command
 
     scope, target = _scope(group, host)
@@ -431,7 +302,7 @@ def _control(
             # Record anyway: etcd is the source of truth and agents converge from it.
             bus = None
             bus_error.append(exc.message)
-        store = Store(s.etcd, s.etcd_user, s.etcd_password, timeout_s=s.timeout_s)
+        store = open_store(s)
         try:
             await store.open()
             with progress:
@@ -439,7 +310,7 @@ def _control(
                     kind=kind, scope=scope, target=target, key=key, bus=bus, store=store,
                     subjects=s.subjects, keys=s.keys, wait_s=wait,
                     allow_unrecorded=allow_unrecorded, on_ack=on_ack,
-                    author=os.environ.get("USER", ""),
+                    author=author(s),
                 )  # fmt: skip
         finally:
             if bus is not None:
