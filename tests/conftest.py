@@ -14,7 +14,9 @@ import pytest
 from support import Stack
 
 from hidsd.bus.signing import OperatorKey
-from hidsd.devstack import EtcdCluster, NatsServer
+from hidsd.devstack import EtcdCluster, NatsServer, bootstrap_auth
+
+ROOT_PASSWORD = "root-test-password"
 
 
 def _raise_nofile() -> None:
@@ -44,6 +46,9 @@ def shared_servers(
         n.stop()
         raise
     try:
+        import asyncio
+
+        asyncio.run(bootstrap_auth(e.endpoints, ROOT_PASSWORD, "/hidsd/"))
         yield n, e
     finally:
         e.stop()
@@ -57,7 +62,9 @@ async def stack(
     tmp_path: Path,
 ) -> AsyncIterator[Stack]:
     n, e = shared_servers
-    s = Stack(nats=n, etcd=e, workdir=tmp_path, key=operator_key[0], key_path=operator_key[1])
+    s = Stack(nats=n, etcd=e, workdir=tmp_path, key=operator_key[0], key_path=operator_key[1],
+              root_password=ROOT_PASSWORD)  # fmt: skip
+    await s.setup_auth()
     try:
         yield s
     finally:
@@ -70,7 +77,10 @@ async def private_stack(
 ) -> AsyncIterator[Stack]:
     n = NatsServer(tmp_path / "nats").start()
     e = EtcdCluster(tmp_path / "etcd").start()
-    s = Stack(nats=n, etcd=e, workdir=tmp_path, key=operator_key[0], key_path=operator_key[1])
+    await bootstrap_auth(e.endpoints, ROOT_PASSWORD, "/hidsd/")
+    s = Stack(nats=n, etcd=e, workdir=tmp_path, key=operator_key[0], key_path=operator_key[1],
+              root_password=ROOT_PASSWORD)  # fmt: skip
+    await s.setup_auth()
     try:
         yield s
     finally:

@@ -124,6 +124,53 @@ class Stack:
     key_path: Path
     prefix: str = field(default_factory=lambda: f"t{secrets.token_hex(4)}")
     procs: list[Proc] = field(default_factory=list)
+    #: etcd root password when auth is on (it is, in every fixture)
+    root_password: str | None = None
+    operator: tuple[str, str] | None = None
+    viewer: tuple[str, str] | None = None
+    agent_creds: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    async def root_store(self) -> Any:
+        from hidsd.bus.store import Store
+
+        store = Store(self.etcd.endpoints, "root" if self.root_password else None,
+                      self.root_password, timeout_s=3.0)  # fmt: skip
+        await store.open()
+        return store
+
+    async def setup_auth(self) -> None:
+        """Roles for this test's prefix, an operator (hidsctl) and a viewer (controller)."""
+        if self.root_password is None:
+            return
+        from hidsd.ctl import rbac
+
+        store = await self.root_store()
+        try:
+            for name, grants in rbac.standard_roles(self.keys).items():
+                await store.ensure_role(name, grants)
+            self.operator = (f"op-{self.prefix}", f"op-pw-{self.prefix}")
+            self.viewer = (f"view-{self.prefix}", f"view-pw-{self.prefix}")
+            await store.ensure_user(*self.operator, [rbac.role_name(self.keys, "operator")])
+            await store.ensure_user(*self.viewer, [rbac.role_name(self.keys, "viewer")])
+        finally:
+            await store.close()
+
+    async def add_agent_user(self, host: str, groups: list[str]) -> tuple[str, str] | None:
+        if self.root_password is None:
+            return None
+        from hidsd.ctl import rbac
+
+        role, grants = rbac.host_role(self.keys, host, tuple(groups))
+        user = f"{rbac.agent_user(host)}-{self.prefix}"
+        creds = (user, f"agent-pw-{host}")
+        store = await self.root_store()
+        try:
+            await store.ensure_role(role, grants)
+            await store.ensure_user(*creds, [role])
+        finally:
+            await store.close()
+        self.agent_creds[host] = creds
+        return creds
 
     @property
     def subjects(self) -> Subjects:
@@ -170,21 +217,31 @@ class Stack:
         lines += ["[nats]", f"servers = {json.dumps(nats_servers)}", "reconnect_base_s = 0.1",
                   "reconnect_max_s = 1.0"]  # fmt: skip
         lines += ["[etcd]", f"endpoints = {json.dumps(etcd_endpoints)}", "timeout_s = 1.0"]
+        creds = self.agent_creds.get(host)
+        if creds is not None:
+            lines += [f"user = {json.dumps(creds[0])}", f"password = {json.dumps(creds[1])}"]
         path = self.workdir / f"agent-{host}.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def start_agent(self, host: str, groups: list[str], **extra: Any) -> Proc:
+    async def start_agent(self, host: str, groups: list[str], **extra: Any) -> Proc:
+        if host not in self.agent_creds:
+            await self.add_agent_user(host, groups)
         cfg = self.agent_config(host, groups, **extra)
         return self._spawn(f"agent-{host}", [PY, "-m", "hidsd.core.main", "-c", str(cfg)])
 
     def start_controller(self, name: str = "c1") -> Proc:
+        env = {}
+        if self.viewer is not None:
+            env = {"HIDSD_CONTROLLER_ETCD_USER": self.viewer[0],
+                   "HIDSD_CONTROLLER_ETCD_PASSWORD": self.viewer[1]}  # fmt: skip
         return self._spawn(
             f"controller-{name}",
             [PY, "-m", "controller.main", "--nats", self.nats.url, "--sys-nats",
              self.nats.sys_url, "--etcd", ",".join(self.etcd.endpoints), "--name", name,
              "--subject-prefix", self.prefix, "--key-prefix", f"/{self.prefix}/",
              "--log-format", "json"],
+            env,
         )  # fmt: skip
 
     def ctl_env(self) -> dict[str, str]:
@@ -199,6 +256,11 @@ class Stack:
             "HIDSCTL_ETCD": ",".join(self.etcd.endpoints),
             "HIDSCTL_KEY": str(self.key_path),
             "COLUMNS": "200",
+            **(
+                {"HIDSCTL_ETCD_USER": self.operator[0], "HIDSCTL_ETCD_PASSWORD": self.operator[1]}
+                if self.operator
+                else {}
+            ),
         }
 
     async def hidsctl(self, *args: str, timeout: float = 60.0) -> tuple[int, str, str]:

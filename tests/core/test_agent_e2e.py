@@ -10,9 +10,9 @@ from support import Stack, wait_for
 
 async def start_fleet(stack: Stack) -> None:
     stack.start_controller()
-    stack.start_agent("web-1", ["web"])
-    stack.start_agent("web-2", ["web"])
-    stack.start_agent("db-1", ["db"])
+    await stack.start_agent("web-1", ["web"])
+    await stack.start_agent("web-2", ["web"])
+    await stack.start_agent("db-1", ["db"])
     await stack.wait_online("web-1", "web-2", "db-1")
 
 
@@ -84,7 +84,7 @@ async def test_agent_started_while_fleet_stopped_comes_up_stopped(stack: Stack) 
     assert res["expected"] == 0 and res["recorded"]
     obs = await stack.observer()
     try:
-        stack.start_agent("late-1", ["web"])
+        await stack.start_agent("late-1", ["web"])
         await wait_for(lambda: obs.heartbeats.get("late-1"), 20, "late agent heartbeat")
         await wait_for(lambda: obs.mode("late-1") == "stopped", 10, "late agent stopped")
         assert obs.heartbeats["late-1"].applied_rev == res["rev"]
@@ -100,7 +100,7 @@ async def test_agent_converges_after_nats_outage_without_watch(private_stack: St
     bring it to the stop."""
     s = private_stack
     s.start_controller()
-    agent = s.start_agent("edge-1", ["edge"], watch=False, resync_s=600.0)
+    agent = await s.start_agent("edge-1", ["edge"], watch=False, resync_s=600.0)
     obs = await s.observer()
     await wait_for(lambda: obs.mode("edge-1") == "running", 20, "agent running")
     await obs.close()
@@ -143,7 +143,7 @@ async def test_paused_agent_missing_broadcast_is_reported_then_converges(stack: 
 async def test_agent_restart_never_goes_back(stack: Stack) -> None:
     """The applied state is persisted: a restarted agent starts stopped even before etcd."""
     stack.start_controller()
-    a = stack.start_agent("solo-1", ["web"])
+    a = await stack.start_agent("solo-1", ["web"])
     obs = await stack.observer()
     try:
         await wait_for(lambda: obs.mode("solo-1") == "running", 20)
@@ -154,7 +154,7 @@ async def test_agent_restart_never_goes_back(stack: Stack) -> None:
         assert '"event": "stopped"' in a.output()
         obs.heartbeats.clear()
         # Restart with etcd pointed at a dead endpoint: only the state file can say "stopped".
-        b = stack.start_agent("solo-1", ["web"], etcd_endpoints=["127.0.0.1:1"])
+        b = await stack.start_agent("solo-1", ["web"], etcd_endpoints=["127.0.0.1:1"])
         await wait_for(lambda: obs.mode("solo-1") == "stopped", 20, "restarted agent stopped")
         assert obs.heartbeats["solo-1"].applied_rev == res["rev"]
         assert obs.heartbeats["solo-1"].facts["store_ok"] is False
@@ -170,7 +170,7 @@ async def test_agent_without_nats_still_converges_from_etcd(stack: Stack) -> Non
 
     _code, res = await stack.hidsctl_json("fleet", "stop")
     assert res["recorded"], res
-    a = stack.start_agent("island-1", ["web"], nats_servers=["nats://127.0.0.1:1"])
+    a = await stack.start_agent("island-1", ["web"], nats_servers=["nats://127.0.0.1:1"])
     state_file = stack.workdir / "data-island-1" / STATE_FILE
     await wait_for(state_file.exists, 20, "state file written")
     state = ControlState.from_bytes(state_file.read_bytes())

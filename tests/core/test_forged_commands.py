@@ -48,7 +48,7 @@ async def test_every_forged_class_is_rejected_counted_and_agent_keeps_obeying(
     stack: Stack,
 ) -> None:
     stack.start_controller()
-    agent = stack.start_agent(HOST, ["web"])
+    agent = await stack.start_agent(HOST, ["web"])
     obs = await stack.observer()
     try:
         await wait_for(lambda: obs.mode(HOST) == "running", 20, "agent running")
@@ -117,7 +117,7 @@ async def test_every_forged_class_is_rejected_counted_and_agent_keeps_obeying(
 
 async def test_garbage_on_every_subject_crashes_nothing(stack: Stack) -> None:
     controller = stack.start_controller()
-    agent = stack.start_agent(HOST, ["web"])
+    agent = await stack.start_agent(HOST, ["web"])
     obs = await stack.observer()
     try:
         await wait_for(lambda: obs.mode(HOST) == "running", 20, "agent running")

@@ -27,7 +27,7 @@ async def test_agent_fails_over_to_another_nats_server(
     e = EtcdCluster(tmp_path / "etcd").start()
     s = Stack(nats=n1, etcd=e, workdir=tmp_path, key=operator_key[0], key_path=operator_key[1])
     try:
-        agent = s.start_agent("fo-1", ["web"], nats_servers=[n1.url, n2.url])
+        agent = await s.start_agent("fo-1", ["web"], nats_servers=[n1.url, n2.url])
         await wait_for(lambda: "hidsd:fo-1" in _clients(n1) | _clients(n2), 20, "agent connected")
         on, other = (n1, n2) if "hidsd:fo-1" in _clients(n1) else (n2, n1)
         on.stop()  # the agent's server dies
@@ -49,8 +49,8 @@ async def test_agent_fails_over_to_another_nats_server(
 async def test_shutdown_is_bounded_and_second_signal_forces(private_stack: Stack) -> None:
     s = private_stack
     obs = await s.observer()
-    a = s.start_agent("life-1", ["web"], shutdown_timeout_s=3.0)
-    b = s.start_agent("life-2", ["web"], shutdown_timeout_s=3.0)
+    a = await s.start_agent("life-1", ["web"], shutdown_timeout_s=3.0)
+    b = await s.start_agent("life-2", ["web"], shutdown_timeout_s=3.0)
     await wait_for(lambda: len(obs.heartbeats) == 2, 20, "agents up")
     await obs.close()
     s.nats.pause()  # the bye heartbeat can be written but never flushed

@@ -60,7 +60,7 @@ async def test_controller_down_read_exits_5_and_show_unknown_exits_7(stack: Stac
     code, _out, err = await stack.hidsctl("agents", "list")
     assert code == 5 and "no hidsd-controller answered" in err
     stack.start_controller()
-    stack.start_agent("show-1", ["web"])
+    await stack.start_agent("show-1", ["web"])
     await stack.wait_online("show-1")
     code, _out, err = await stack.hidsctl("agents", "show", "nobody")
     assert code == 7 and "unknown agent" in err
@@ -76,7 +76,7 @@ async def test_stop_with_controller_down_counts_acks_and_says_expected_unknown(
     obs = await stack.observer()
     try:
         for h in ("nc-1", "nc-2"):
-            stack.start_agent(h, ["web"])
+            await stack.start_agent(h, ["web"])
         await wait_for(lambda: len(obs.heartbeats) == 2, 20, "agents up")
         code, res = await stack.hidsctl_json("fleet", "stop", "--wait", "2")
         assert code == 1, res  # cannot claim completeness without the expected set
@@ -98,7 +98,7 @@ async def test_etcd_down_refuses_then_unrecorded_stop_is_held_until_newer_state(
     obs = await s.observer()
     try:
         for h in ("e-1", "e-2"):
-            s.start_agent(h, ["web"], resync_s=1.0)
+            await s.start_agent(h, ["web"], resync_s=1.0)
         await wait_for(lambda: len(obs.heartbeats) == 2, 20, "agents up")
         await wait_for(lambda: all(hb.facts["store_ok"] for hb in obs.heartbeats.values()))
         s.etcd.stop()
