@@ -131,6 +131,7 @@ class HeartbeatService:
 
     async def send(self, bye: bool = False) -> None:
         a = self.agent
+        a.log.debug("heartbeat", seq=self.seq + 1, mode=a.mode.value, bye=bye)
         if a.bus.connected:
             await a.bus.publish(
                 a.subjects.heartbeat(a.settings.host_id), encode_heartbeat(self.build(bye))

@@ -39,10 +39,17 @@ class Current:
 
 
 async def current(store: Store, keys: KeyLayout, scope: Scope, target: str) -> Current | None:
+    """The scope's pointer. A corrupt pointer (written around hidsctl) is reported with the
+    highest version that exists, so the next `set` or `rollback` repairs it."""
     kv = await store.get(keys.config_current(scope, target))
     if kv is None:
         return None
-    version, digest = decode_config_pointer(kv.value)
+    try:
+        version, digest = decode_config_pointer(kv.value)
+    except ProtocolError:
+        kvs, _ = await store.get_prefix(keys.config_versions(scope, target), keys_only=True)
+        numbers = [int(k.key.rsplit("/", 1)[-1]) for k in kvs if k.key.rsplit("/", 1)[-1].isdigit()]
+        return Current(max(numbers, default=0), "", kv.mod_revision)
     return Current(version, digest, kv.mod_revision)
 
 
