@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.rule import Rule
@@ -23,13 +24,14 @@ from rich.rule import Rule
 from hidsd.bus.signing import OperatorKey, encode_public_key
 from hidsd.devstack import EtcdCluster, NatsServer, spawn, stop_process
 
+ROOT_PW = "root-demo-password"
 AGENTS = (("demo-web-1", ["web"]), ("demo-web-2", ["web"]), ("demo-db-1", ["db", "pci"]))
 
 console = Console()
 
 
 def _agent_config(work: Path, host: str, groups: list[str], pub: str, nats: str,
-                  etcd: list[str]) -> Path:  # fmt: skip
+                  etcd: list[str], etcd_password: str) -> Path:  # fmt: skip
     path = work / f"{host}.toml"
     path.write_text(
         f'host_id = "{host}"\ngroups = {groups!r}\n'.replace("'", '"')
@@ -37,15 +39,27 @@ def _agent_config(work: Path, host: str, groups: list[str], pub: str, nats: str,
         f'data_dir = "{work / ("data-" + host)}"\n'
         'heartbeat_s = 1.0\nresync_s = 15.0\nlog_format = "json"\n'
         f'[nats]\nservers = ["{nats}"]\n'
-        f'[etcd]\nendpoints = ["{etcd[0]}"]\n'
+        f'[etcd]\nendpoints = ["{etcd[0]}"]\nuser = "agent-{host}"\n'
+        f'password = "{etcd_password}"\n'
     )
+    path.chmod(0o600)
     return path
 
 
-def _hidsctl(env: dict[str, str], *args: str) -> int:
+def _hidsctl(env: dict[str, str], *args: str, stdin: str | None = None) -> int:
     console.print(f"[bold cyan]$ hidsctl {' '.join(args)}[/]")
     cmd = [sys.executable, "-m", "hidsd.ctl.main", *args]
-    return subprocess.run(cmd, env=env, check=False).returncode
+    return subprocess.run(cmd, env=env, check=False, input=stdin, text=True).returncode
+
+
+def _hidsctl_json(env: dict[str, str], *args: str) -> Any:
+    import json
+
+    cmd = [sys.executable, "-m", "hidsd.ctl.main", *args, "--json"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"demo: hidsctl {' '.join(args)} failed: {r.stderr}")
+    return json.loads(r.stdout)
 
 
 def _wait_online(env: dict[str, str], n: int, timeout: float = 30.0) -> None:
@@ -81,23 +95,41 @@ def main() -> int:
         pub = encode_public_key(key.public_key)
         console.print(f"operator key {key.key_id} (agents trust only this key)")
 
-        env = {
+        base_env = {
             **os.environ,
             "HIDSCTL_NATS": nats.url,
             "HIDSCTL_ETCD": etcd.endpoints[0],
             "HIDSCTL_KEY": str(key_path),
             "HIDSCTL_CONFIG": str(work / "hidsctl.toml"),
         }
+        console.print(Rule("etcd auth (R7): roles admin, operator, viewer, one per agent"))
+        root_env = {**base_env, "HIDSCTL_ETCD_USER": "root", "HIDSCTL_ETCD_PASSWORD": ROOT_PW}
+        _hidsctl(base_env, "auth", "bootstrap", "--password-stdin", stdin=ROOT_PW + "\n")
+        _hidsctl(root_env, "auth", "user-add", "alice", "--role", "operator",
+                 "--password-stdin", stdin="alice-demo-pw\n")  # fmt: skip
+        _hidsctl(root_env, "auth", "user-add", "controller", "--role", "viewer",
+                 "--password-stdin", stdin="controller-demo-pw\n")  # fmt: skip
+        agent_pw = {}
+        for host, groups in AGENTS:
+            args = ["auth", "agent-add", host, "--generate"]
+            for g in groups:
+                args += ["--group", g]
+            agent_pw[host] = _hidsctl_json(root_env, *args)["password"]
+        console.print(f"agent users: {', '.join('agent-' + h for h, _ in AGENTS)} "
+                      "(each reads only the keys that govern it)")  # fmt: skip
+        env = {**base_env, "HIDSCTL_ETCD_USER": "alice", "HIDSCTL_ETCD_PASSWORD": "alice-demo-pw"}
         procs.append(
             spawn(
                 [sys.executable, "-m", "controller.main", "--nats", nats.url, "--sys-nats",
                  nats.sys_url, "--etcd", etcd.endpoints[0], "--name", "demo-controller",
                  "--log-format", "json"],
                 work / "controller.log",
+                env={**os.environ, "HIDSD_CONTROLLER_ETCD_USER": "controller",
+                     "HIDSD_CONTROLLER_ETCD_PASSWORD": "controller-demo-pw"},
             )
         )  # fmt: skip
         for host, groups in AGENTS:
-            cfg = _agent_config(work, host, groups, pub, nats.url, etcd.endpoints)
+            cfg = _agent_config(work, host, groups, pub, nats.url, etcd.endpoints, agent_pw[host])
             procs.append(
                 spawn(
                     [sys.executable, "-m", "hidsd.core.main", "-c", str(cfg)], work / f"{host}.log"
@@ -119,7 +151,15 @@ def main() -> int:
         resume_rc = _hidsctl(env, "fleet", "resume")
         time.sleep(0.5)
         _hidsctl(env, "fleet", "status")
-        code = 0 if stop_rc == 0 and resume_rc == 0 else 1
+        console.print(Rule("5. versioned config, hot reload (R8, R12)"))
+        cfg_file = work / "web.toml"
+        cfg_file.write_text('log_level = "debug"\nheartbeat_s = 2.0\n')
+        set_rc = _hidsctl(env, "config", "set", str(cfg_file), "--scope", "group:web",
+                          "-m", "debug the web tier")  # fmt: skip
+        time.sleep(1.5)
+        _hidsctl(env, "config", "status")
+        _hidsctl(env, "config", "effective", "--host", "demo-web-1")
+        code = 0 if stop_rc == 0 and resume_rc == 0 and set_rc == 0 else 1
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted: tearing down[/]")
         code = 130
