@@ -55,6 +55,10 @@ class ControllerSettings:
     timeout_factor: float = 3.0
     sweep_s: float = 0.5
     name: str = "controller"
+    #: telemetry stream limits (JetStream): bounded, oldest discarded first
+    stream_max_bytes: int = 1 << 30
+    stream_max_age_s: float = 7 * 86400.0
+    ingest: bool = True
 
 
 class AckLedger:
@@ -96,6 +100,7 @@ class Controller:
         self.presence = Presence(timeout_factor=settings.timeout_factor)
         self.ledger = AckLedger()
         self.events: dict[str, list[dict[str, Any]]] = {}
+        self.telemetry: dict[str, dict[str, Any]] = {}
         self.counters: Counter[str] = Counter()
         self.started = time.time()
         self.should_exit = asyncio.Event()
@@ -121,6 +126,7 @@ class Controller:
             "acks": self.h_acks,
             "ping": self.h_ping,
             "config.status": self.h_config_status,
+            "telemetry.stats": self.h_telemetry_stats,
         }
 
     # ------------------------------------------------------------------ inputs
@@ -334,6 +340,81 @@ class Controller:
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def ensure_stream(self) -> None:
+        """Create or update the telemetry stream: bounded, with a de-duplication window so a
+        batch resent after a lost ack is stored once."""
+        from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+
+        js = self.bus.client.jetstream(timeout=5)
+        cfg = StreamConfig(
+            name=self.subjects.telemetry_stream(),
+            subjects=[self.subjects.telemetry_all()],
+            max_bytes=self.settings.stream_max_bytes,
+            max_age=self.settings.stream_max_age_s,
+            discard=DiscardPolicy.OLD,
+            storage=StorageType.FILE,
+            duplicate_window=120.0,
+        )
+        try:
+            await js.add_stream(cfg)
+        except Exception as exc:  # already exists with other settings: update it
+            if "already in use" not in str(exc):
+                raise
+            await js.update_stream(cfg)
+
+    def _account(self, headers: dict[str, str], body_len: int) -> None:
+        """Per host+plugin: records, batches, and gaps or repeats in the sequence."""
+        from hidsd.plugins import frames
+
+        host = headers.get(frames.H_HOST, "?")
+        plugin = headers.get(frames.H_PLUGIN, "?")
+        try:
+            epoch = int(headers.get(frames.H_EPOCH, "0"))
+            seq = int(headers.get(frames.H_SEQ, "0"))
+            count = int(headers.get(frames.H_COUNT, "0"))
+        except ValueError:
+            self.counters["bad_telemetry"] += 1
+            return
+        st = self.telemetry.setdefault(f"{host}/{plugin}", {
+            "host": host, "plugin": plugin, "records": 0, "batches": 0, "bytes": 0,
+            "gaps": 0, "missing_records": 0, "repeats": 0, "epoch": epoch, "next_seq": seq,
+            "last_at": 0.0,
+        })  # fmt: skip
+        if epoch != st["epoch"]:
+            st["epoch"], st["next_seq"] = epoch, 1
+        if seq > st["next_seq"]:
+            st["gaps"] += 1
+            st["missing_records"] += seq - st["next_seq"]
+        elif seq < st["next_seq"]:
+            st["repeats"] += 1
+        st["next_seq"] = max(st["next_seq"], seq + count)
+        st["records"] += count
+        st["batches"] += 1
+        st["bytes"] += body_len
+        st["last_at"] = time.time()
+
+    async def _ingest(self) -> None:
+        """A durable pull consumer shared by all controllers: each batch goes to one."""
+        import nats.errors
+
+        js = self.bus.client.jetstream(timeout=5)
+        sub = await js.pull_subscribe(
+            self.subjects.telemetry_all(), durable="hidsd-controllers",
+            stream=self.subjects.telemetry_stream(),
+        )  # fmt: skip
+        while True:
+            try:
+                msgs = await sub.fetch(256, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                self._account(dict(msg.headers or {}), len(msg.data))
+                await msg.ack()
+            self.counters["telemetry_batches"] += len(msgs)
+
+    async def h_telemetry_stats(self, params: dict[str, Any]) -> Any:
+        return {"streams": sorted(self.telemetry.values(), key=lambda d: (d["host"], d["plugin"]))}
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_s)
@@ -361,10 +442,15 @@ class Controller:
                     detail="offline detection relies on heartbeat timeouts only",
                 )
             self.log.info("controller_running", version=__version__)
+            if self.settings.ingest:
+                await self.ensure_stream()
             async with asyncio.TaskGroup() as tg:
-                sweeper = tg.create_task(self._sweep(), name="sweep")
+                tasks = [tg.create_task(self._sweep(), name="sweep")]
+                if self.settings.ingest:
+                    tasks.append(tg.create_task(self._ingest(), name="ingest"))
                 await self.should_exit.wait()
-                sweeper.cancel()
+                for t in tasks:
+                    t.cancel()
         finally:
             if self.sys_bus is not None:
                 await self.sys_bus.close(1.0)

@@ -136,7 +136,7 @@ class NatsServer:
     cluster_port: int | None = None
     routes: list[int] = field(default_factory=list)
     name: str = "nats"
-    jetstream: bool = False
+    jetstream: bool = True
     proc: subprocess.Popen[bytes] | None = None
 
     @property

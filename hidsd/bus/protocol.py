@@ -130,6 +130,13 @@ class Subjects:
     def telemetry(self, host: str, plugin: str) -> str:
         return f"{self.prefix}.tel.{host}.{plugin}"
 
+    def telemetry_all(self) -> str:
+        return f"{self.prefix}.tel.>"
+
+    def telemetry_stream(self) -> str:
+        """The JetStream stream that holds this prefix's telemetry."""
+        return "HIDSD_TEL_" + re.sub(r"[^A-Za-z0-9]", "_", self.prefix).upper()
+
     def ctl(self, verb: str) -> str:
         """Controller request/reply subjects (served by a queue group)."""
         return f"{self.prefix}.ctl.{verb}"
@@ -508,6 +515,8 @@ class Heartbeat:
     bye: bool = False
     #: {"versions": {scope label: version}, "fingerprint", "status": ok|rejected, "error"}
     config: dict[str, Any] = field(default_factory=dict)
+    #: per plugin: state, pid, cpu, rss, records, drops (every drop counted), spool
+    plugins: dict[str, Any] = field(default_factory=dict)
 
 
 _HB_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
@@ -556,6 +565,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
             "rejections": hb.rejections,
             "bye": hb.bye,
             "config": hb.config,
+            "plugins": hb.plugins,
         }
     )
 
@@ -596,6 +606,7 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
         rejections=rejections,
         bye=values["bye"],
         config=_optional_map(m, "config"),
+        plugins=_optional_map(m, "plugins"),
     )
 
 

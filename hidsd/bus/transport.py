@@ -57,6 +57,8 @@ class Bus:
     counters: Counter[str] = field(default_factory=Counter)
     _nc: Client | None = None
     _rng: random.Random = field(default_factory=random.Random)
+    _js: Any = None
+    _js_for: Any = None
     _log: Any = field(default_factory=lambda: structlog.get_logger("hidsd.bus"))
 
     @property
@@ -182,6 +184,15 @@ class Bus:
             raise NoResponse(f"no reply on {subject} within {timeout}s", subject=subject) from exc
         payload: bytes = msg.data
         return payload
+
+    async def js_publish(
+        self, subject: str, data: bytes, headers: dict[str, str], timeout: float = 2.0
+    ) -> None:
+        """Publish into a JetStream stream and wait for its ack (raises if not stored)."""
+        if self._js is None or self._js_for is not self._nc:
+            self._js = self.client.jetstream(timeout=timeout)
+            self._js_for = self._nc
+        await self._js.publish(subject, data, timeout=timeout, headers=headers)
 
     async def flush(self, timeout: float = 2.0) -> None:
         await self.client.flush(timeout=timeout)  # type: ignore[arg-type]  # float works

@@ -36,6 +36,7 @@ from hidsd.core.convergence import ConvergenceService
 from hidsd.core.errors import BusUnavailable, ProtocolError
 from hidsd.core.hostinfo import SelfUsage, host_facts
 from hidsd.core.settings import AgentSettings
+from hidsd.plugins.supervisor import Supervisor
 
 STATE_FILE = "control-state.msgpack"
 
@@ -127,6 +128,7 @@ class HeartbeatService:
             rejections=rejections,
             bye=bye,
             config=a.config.report(),
+            plugins=a.supervisor.stats(),
         )
 
     async def send(self, bye: bool = False) -> None:
@@ -195,6 +197,13 @@ class Agent:
         )
         self.heartbeat_s = settings.heartbeat_s
         self.dynamic: dict[str, Any] = {}
+        self.supervisor = Supervisor(
+            settings.host_id,
+            lambda name: self.subjects.telemetry(settings.host_id, name),
+            settings.data_dir,
+            self._publish_telemetry,
+        )
+        self.supervisor.set_allowed(self.gate.running)
         self.config = ConfigService(
             self.store, self.keys, settings.host_id, settings.groups, settings.data_dir,
             base={"log_level": settings.log_level, "heartbeat_s": settings.heartbeat_s,
@@ -229,6 +238,7 @@ class Agent:
         except OSError as exc:
             self.log.error("state_save_failed", error=str(exc))
         self.gate.set(state.mode is RunMode.RUNNING)
+        self.supervisor.set_allowed(state.mode is RunMode.RUNNING)
         self.log.info("mode_changed", mode=state.mode.value, rev=state.applied_rev,
                       cmd_id=decision.cmd_id, held=state.held, detail=decision.detail)  # fmt: skip
         self.heartbeat.poke()
@@ -254,11 +264,17 @@ class Agent:
         set_level(level)
         self.heartbeat_s = float(effective["heartbeat_s"])
         self.convergence.resync_s = float(effective["resync_s"])
-        self.dynamic = effective  # telemetry limits and plugin settings (plugins issue)
+        self.dynamic = effective
+        self.supervisor.configure(effective.get("plugins", {}), effective["telemetry"])
         self.log.info("config_hot_reloaded", log_level=level, heartbeat_s=self.heartbeat_s,
                       resync_s=self.convergence.resync_s)  # fmt: skip
         if hasattr(self, "heartbeat"):
             self.heartbeat.poke()
+
+    async def _publish_telemetry(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
+        if not self.bus.connected:
+            raise BusUnavailable("NATS is not connected")
+        await self.bus.js_publish(subject, body, headers)
 
     async def _publish_event(self, event: dict[str, Any]) -> None:
         if self.bus.connected:
@@ -268,6 +284,7 @@ class Agent:
 
     async def _on_reconnect(self) -> None:
         await self._send_unsent_ack()
+        self.supervisor.kick()
         self.convergence.request_resync()
         self.config.follower.request()
         self.heartbeat.poke()
@@ -297,6 +314,7 @@ class Agent:
                 tasks = [
                     tg.create_task(self.convergence.run(), name="convergence"),
                     tg.create_task(self.config.run(), name="config"),
+                    tg.create_task(self.supervisor.run(), name="plugins"),
                     tg.create_task(self._bus_service(), name="bus"),
                 ]
                 self.log.info("running", mode=self.mode.value)

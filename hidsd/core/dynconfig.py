@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "burst": 2000,
         "batch_max_records": 500,
         "batch_max_ms": 200,
+        "spool_max_bytes": 64 << 20,
     },
     "plugins": {},
 }
@@ -97,8 +98,25 @@ TELEMETRY: dict[str, Check] = {
     "burst": _int(1, 10_000_000),
     "batch_max_records": _int(1, 100_000),
     "batch_max_ms": _int(1, 60_000),
+    "spool_max_bytes": _int(0, 1 << 40),
 }
-PLUGIN: dict[str, Check] = {"enabled": _bool, "params": _table, "priority": _int(0, 100)}
+
+
+def _policy(name: str, v: Any) -> str:
+    if v not in ("block", "drop"):
+        raise ConfigError(f"{name}: expected 'block' (backpressure) or 'drop', got {v!r}",
+                          field=name)  # fmt: skip
+    return str(v)
+
+
+PLUGIN: dict[str, Check] = {
+    "enabled": _bool,
+    "params": _table,
+    "priority": _int(0, 100),
+    "rate_per_s": _num(0.1, 10_000_000),
+    "burst": _num(1, 10_000_000),
+    "policy": _policy,
+}
 
 
 def _unknown(where: str, got: dict[str, Any], known: dict[str, Check] | set[str]) -> None:

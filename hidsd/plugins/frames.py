@@ -90,16 +90,18 @@ def iter_frames(
 # NATS headers on a telemetry batch (the frames themselves are the body).
 H_HOST = "Hidsd-Host"
 H_PLUGIN = "Hidsd-Plugin"
-H_SEQ = "Hidsd-Seq"  # sequence number of the first record in the batch (per host+plugin)
+H_EPOCH = "Hidsd-Epoch"  # the pipeline's start (ns): sequences restart with a new epoch
+H_SEQ = "Hidsd-Seq"  # sequence number of the first record in the batch (per epoch)
 H_COUNT = "Hidsd-Count"
 H_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication: resent batches are stored once
 
 
-def batch_headers(host: str, plugin: str, first_seq: int, count: int) -> dict[str, str]:
+def batch_headers(host: str, plugin: str, epoch: int, first_seq: int, count: int) -> dict[str, str]:
     return {
         H_HOST: host,
         H_PLUGIN: plugin,
+        H_EPOCH: str(epoch),
         H_SEQ: str(first_seq),
         H_COUNT: str(count),
-        H_MSG_ID: f"{host}.{plugin}.{first_seq}",
+        H_MSG_ID: f"{host}.{plugin}.{epoch}.{first_seq}",
     }

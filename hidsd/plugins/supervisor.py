@@ -1,0 +1,351 @@
+"""The plugin supervisor: child processes over two pipes, restarts, crash loops, accounting.
+
+Each plugin runs in its own process group with PR_SET_PDEATHSIG (no orphan survives the
+agent, even a SIGKILLed one). Stop = SHUTDOWN frame and close stdin, wait, SIGTERM the group,
+wait, SIGKILL the group. A plugin that exits is restarted after an exponential backoff with
+jitter; one that dies `crash_limit` times within `crash_window_s` is parked and reported, not
+restarted forever, until its config changes or an operator restarts it. Garbage on a
+plugin's stdout (bad magic, oversized frame, EOF mid-frame) is counted and the plugin is
+restarted: a byte stream cannot be resynchronised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import psutil
+import structlog
+
+from hidsd.bus.transport import backoff_delay
+from hidsd.core.errors import ProtocolError
+from hidsd.plugins import frames
+from hidsd.plugins.telemetry import Pipeline, PipelineLimits, Publish, Spool
+
+BUILTIN = ("inventory", "procmon", "fim", "authlog", "loadgen")
+
+
+class PluginState(StrEnum):
+    STOPPED = "stopped"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    PARKED = "parked"
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    name: str
+    argv: tuple[str, ...]
+    params: dict[str, Any]
+    limits: PipelineLimits
+    priority: int = 50
+
+    @classmethod
+    def builtin(cls, name: str, conf: dict[str, Any], telemetry: dict[str, Any]) -> PluginSpec:
+        limits = PipelineLimits(
+            rate_per_s=float(conf.get("rate_per_s", telemetry["rate_per_s"])),
+            burst=float(conf.get("burst", telemetry["burst"])),
+            batch_max_records=int(telemetry["batch_max_records"]),
+            batch_max_ms=int(telemetry["batch_max_ms"]),
+            policy=str(conf.get("policy", "block")),
+            spool_max_bytes=int(telemetry.get("spool_max_bytes", 64 << 20)),
+        )
+        return cls(
+            name=name,
+            argv=(sys.executable, "-m", f"hidsd.plugins.builtin.{name}"),
+            params=dict(conf.get("params", {})),
+            limits=limits,
+            priority=int(conf.get("priority", 50)),
+        )
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass
+class PluginRunner:
+    """One plugin: its process, its pipe reader and its telemetry pipeline."""
+
+    spec: PluginSpec
+    pipeline: Pipeline
+    log_dir: Path
+    max_frame_bytes: int = frames.DEFAULT_MAX_FRAME_BYTES
+    crash_limit: int = 5
+    crash_window_s: float = 60.0
+    stop_grace_s: float = 3.0
+    state: PluginState = PluginState.STOPPED
+    counters: Counter[str] = field(default_factory=Counter)
+    exits: deque[float] = field(default_factory=lambda: deque(maxlen=32))
+    last_exit: str = ""
+    proc: asyncio.subprocess.Process | None = None
+    _ps: Any = None
+    _rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.log: Any = structlog.get_logger("hidsd.plugins").bind(plugin=self.spec.name)
+        self._restart_now = asyncio.Event()
+
+    def restart(self) -> None:
+        """Operator restart: also un-parks."""
+        self.exits.clear()
+        self._restart_now.set()
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
+    async def run(self) -> None:
+        """Keep the plugin running until cancelled; cancellation stops it cleanly."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.pipeline.run())
+            tg.create_task(self._lifecycle())
+
+    async def _lifecycle(self) -> None:
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._run_once()
+            finally:
+                if self.proc is not None and self.proc.returncode is None:
+                    await asyncio.shield(self._stop_process())
+            self.exits.append(time.monotonic())
+            recent = [t for t in self.exits if time.monotonic() - t < self.crash_window_s]
+            if len(recent) >= self.crash_limit:
+                self.state = PluginState.PARKED
+                self.counters["parked"] += 1
+                self.log.error("plugin_parked", exits=len(recent), window_s=self.crash_window_s,
+                               last_exit=self.last_exit)  # fmt: skip
+                self._restart_now.clear()
+                await self._restart_now.wait()
+                failures = 0
+                continue
+            failures = 0 if time.monotonic() - started > self.crash_window_s else failures + 1
+            self.state = PluginState.BACKOFF
+            delay = backoff_delay(failures, 0.5, 30.0, self._rng)
+            self.log.warning("plugin_restart_scheduled", in_s=round(delay, 2),
+                             last_exit=self.last_exit)  # fmt: skip
+            self._restart_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._restart_now.wait(), delay)
+
+    async def _run_once(self) -> None:
+        log_path = self.log_dir / f"{self.spec.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as errlog:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.spec.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=errlog,
+                start_new_session=True,  # its own process group: stop kills the whole tree
+                preexec_fn=_die_with_parent,
+            )
+        self._ps = None
+        self.state = PluginState.RUNNING
+        self.counters["starts"] += 1
+        self.log.info("plugin_started", pid=self.proc.pid)
+        await self._send(frames.TaskType.CONFIG, self.spec.params)
+        try:
+            await self._read_frames()
+        finally:
+            rc = await self._reap()
+            if rc is None:
+                self.last_exit = "unknown"
+            elif rc >= 0:
+                self.last_exit = f"exit code {rc}"
+            else:
+                self.last_exit = f"signal {-rc}"
+            self.log.info("plugin_exited", how=self.last_exit)
+
+    async def _send(self, task: int, payload: Any) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        body = msgpack.packb(payload, use_bin_type=True) if payload is not None else b""
+        try:
+            self.proc.stdin.write(frames.frame(task, body, time.time_ns()))
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            self.counters["task_pipe_broken"] += 1
+
+    async def _read_frames(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        out = self.proc.stdout
+        while True:
+            try:
+                head = await out.readexactly(frames.HEADER_SIZE)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    self.counters["truncated_frames"] += 1
+                    self.log.warning("plugin_died_mid_frame", got=len(exc.partial))
+                return
+            try:
+                hdr = frames.unpack_header(head, self.max_frame_bytes)
+            except ProtocolError as exc:
+                self.counters["bad_frames"] += 1
+                self.log.error("plugin_garbage", error=exc.message)
+                self.last_exit = "killed: garbage on its pipe"
+                return
+            try:
+                payload = await out.readexactly(hdr.length)
+            except asyncio.IncompleteReadError:
+                self.counters["truncated_frames"] += 1
+                self.log.warning("plugin_died_mid_frame", want=hdr.length)
+                return
+            self.counters["records"] += 1
+            await self.pipeline.offer(head + payload)
+
+    async def _reap(self) -> int | None:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            await self._stop_process()
+        return self.proc.returncode
+
+    async def _stop_process(self) -> None:
+        """SHUTDOWN and close stdin, wait; SIGTERM the group, wait; SIGKILL the group."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        if proc.stdin is not None and not proc.stdin.is_closing():
+            await self._send(frames.TaskType.SHUTDOWN, None)
+            proc.stdin.close()
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+            try:
+                await asyncio.wait_for(proc.wait(), self.stop_grace_s)
+                break
+            except TimeoutError:
+                continue
+        # a plugin that ignored its stdin may have forked: clear the group anyway
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def stats(self) -> dict[str, Any]:
+        cpu, rss = 0.0, 0
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                if self._ps is None:
+                    self._ps = psutil.Process(self.proc.pid)
+                    self._ps.cpu_percent(None)
+                cpu = self._ps.cpu_percent(None)
+                rss = self._ps.memory_info().rss
+            except psutil.Error:
+                pass
+        return {
+            "state": self.state.value,
+            "pid": self.proc.pid if self.proc and self.proc.returncode is None else None,
+            "cpu_pct": round(cpu, 2),
+            "rss_bytes": rss,
+            "last_exit": self.last_exit,
+            **dict(self.counters),
+            **{f"tel.{k}": v for k, v in self.pipeline.stats().items()},
+        }
+
+
+class Supervisor:
+    """Runs the plugins the dynamic config enables, while the agent's work gate is open."""
+
+    def __init__(
+        self,
+        host: str,
+        subject_for: Any,
+        data_dir: Path,
+        publish: Publish,
+        spool_max_bytes: int = 64 << 20,
+    ) -> None:
+        self.host = host
+        self.subject_for = subject_for
+        self.data_dir = data_dir
+        self.publish = publish
+        self.spool_max_bytes = spool_max_bytes
+        self.wanted: dict[str, PluginSpec] = {}
+        self.running: dict[str, tuple[PluginRunner, asyncio.Task[None]]] = {}
+        self.allowed = True
+        self._changed = asyncio.Event()
+        self.log: Any = structlog.get_logger("hidsd.plugins").bind(host=host)
+
+    def configure(self, plugins: dict[str, Any], telemetry: dict[str, Any]) -> None:
+        """Hot reload: the plugins section of the effective config."""
+        wanted: dict[str, PluginSpec] = {}
+        for name, conf in plugins.items():
+            if not conf.get("enabled", False):
+                continue
+            if name not in BUILTIN:
+                self.log.error("plugin_unknown", plugin=name, known=list(BUILTIN))
+                continue
+            wanted[name] = PluginSpec.builtin(name, conf, telemetry)
+        self.wanted = wanted
+        self._changed.set()
+
+    def set_allowed(self, allowed: bool) -> None:
+        """The kill switch: False stops every plugin; True brings the wanted ones back."""
+        self.allowed = allowed
+        self._changed.set()
+
+    def restart(self, name: str) -> bool:
+        entry = self.running.get(name)
+        if entry is None:
+            return False
+        entry[0].restart()
+        return True
+
+    def kick(self) -> None:
+        for runner, _ in self.running.values():
+            runner.pipeline.kick()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            try:
+                while True:
+                    await self._changed.wait()
+                    self._changed.clear()
+                    await self._reconcile(tg)
+            finally:
+                await self._stop_all()
+
+    async def _reconcile(self, tg: asyncio.TaskGroup) -> None:
+        target = self.wanted if self.allowed else {}
+        for name in list(self.running):
+            runner, _task = self.running[name]
+            if name not in target or target[name] != runner.spec:
+                await self._stop(name)
+        for name, spec in sorted(target.items(), key=lambda kv: -kv[1].priority):
+            if name in self.running:
+                continue
+            pipeline = Pipeline(
+                host=self.host,
+                plugin=name,
+                subject=self.subject_for(name),
+                publish=self.publish,
+                spool=Spool(self.data_dir / "spool" / name, spec.limits.spool_max_bytes),
+                limits=spec.limits,
+            )
+            runner = PluginRunner(spec, pipeline, self.data_dir / "plugin-logs")
+            self.running[name] = (runner, tg.create_task(runner.run(), name=f"plugin:{name}"))
+
+    async def _stop(self, name: str) -> None:
+        _runner, task = self.running.pop(name)
+        task.cancel()
+        await asyncio.wait([task])  # its own CancelledError stays in it; ours still propagates
+        self.log.info("plugin_stopped", plugin=name)
+
+    async def _stop_all(self) -> None:
+        for name in list(self.running):
+            await asyncio.shield(self._stop(name))
+
+    def stats(self) -> dict[str, Any]:
+        return {name: runner.stats() for name, (runner, _) in self.running.items()}

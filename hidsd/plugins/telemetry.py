@@ -1,0 +1,271 @@
+"""The telemetry path of one plugin: bounded queue, token bucket, batcher, publisher, spool.
+
+Frames stay opaque: the agent checks headers and moves bytes. Every loss is counted, never
+silent: frames dropped by a full queue (policy `drop`), by the rate limit (policy `drop`), or
+because the on-disk spool was full while NATS was unreachable. With policy `block` a full
+queue or an empty bucket stops the reader, so the plugin blocks on its pipe (backpressure).
+
+Order and exactly-once per plugin: one publisher per plugin sends one batch at a time and
+waits for JetStream's ack. A batch that cannot be published goes to the spool, and newer
+batches queue behind the spool until it has drained, oldest first. Each batch carries a
+`Nats-Msg-Id` of host.plugin.first_seq, so a batch resent after a lost ack is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hidsd.plugins import frames
+
+Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
+
+
+class TokenBucket:
+    """`rate` tokens per second, at most `burst` saved up."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self._clock = clock
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def take(self, n: float = 1.0) -> bool:
+        self._refill()
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+    def wait_s(self, n: float = 1.0) -> float:
+        """Seconds until `n` tokens are there."""
+        self._refill()
+        return max(0.0, (n - self.tokens) / self.rate)
+
+
+@dataclass
+class Batch:
+    epoch: int
+    first_seq: int
+    count: int
+    body: bytes
+
+    @property
+    def name(self) -> str:
+        return f"{self.epoch:020d}-{self.first_seq:020d}-{self.count}"
+
+
+class Spool:
+    """Batches that could not be published, one file each, oldest first, bounded in bytes."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.dir = directory
+        self.max_bytes = max_bytes
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._files: deque[tuple[Path, int]] = deque()
+        for p in sorted(self.dir.glob("*.batch")):
+            self._files.append((p, p.stat().st_size))
+        for p in self.dir.glob("*.tmp"):
+            p.unlink(missing_ok=True)  # a write interrupted by a crash
+        self.bytes = sum(size for _, size in self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def put(self, batch: Batch) -> bool:
+        """Append; False (nothing written) when it would exceed the bound."""
+        size = len(batch.body) + 64
+        if self.bytes + size > self.max_bytes:
+            return False
+        name = self.dir / f"{batch.name}.batch"
+        tmp = name.with_suffix(".tmp")
+        tmp.write_bytes(batch.body)
+        os.replace(tmp, name)
+        self._files.append((name, size))
+        self.bytes += size
+        return True
+
+    def peek(self) -> Batch | None:
+        if not self._files:
+            return None
+        path, _ = self._files[0]
+        epoch, seq, count = path.stem.split("-")
+        return Batch(int(epoch), int(seq), int(count), path.read_bytes())
+
+    def pop(self) -> None:
+        path, size = self._files.popleft()
+        path.unlink(missing_ok=True)
+        self.bytes -= size
+
+
+@dataclass
+class PipelineLimits:
+    rate_per_s: float = 1000.0
+    burst: float = 2000.0
+    batch_max_records: int = 500
+    batch_max_ms: int = 200
+    queue_max_records: int = 10_000
+    policy: str = "block"  # or "drop"
+    spool_max_bytes: int = 64 << 20
+
+
+@dataclass
+class Pipeline:
+    """One plugin's frames from its pipe to the bus."""
+
+    host: str
+    plugin: str
+    subject: str
+    publish: Publish
+    spool: Spool
+    limits: PipelineLimits = field(default_factory=PipelineLimits)
+    next_seq: int = 1
+    counters: Counter[str] = field(default_factory=Counter)
+    #: sequences restart at 1 with each pipeline; the epoch keeps message ids unique
+    epoch: int = field(default_factory=time.time_ns)
+    max_ready_batches: int = 64
+
+    def __post_init__(self) -> None:
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(self.limits.queue_max_records)
+        self._bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst)
+        self._wake = asyncio.Event()
+        self._ready: deque[Batch] = deque()
+        self._space = asyncio.Event()
+        self.last_error = ""
+
+    def set_limits(self, limits: PipelineLimits) -> None:
+        """Hot reload of rate, burst, batch sizes and policy (the queue bound stays)."""
+        self.limits = limits
+        self._bucket.rate, self._bucket.burst = limits.rate_per_s, limits.burst
+
+    async def offer(self, frame: bytes) -> None:
+        """From the pipe reader. With `block`, waits when the queue is full (backpressure)."""
+        self.counters["frames_in"] += 1
+        if self.limits.policy == "drop":
+            try:
+                self._queue.put_nowait(frame)
+            except asyncio.QueueFull:
+                self.counters["dropped_queue_full"] += 1
+            return
+        await self._queue.put(frame)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._batcher())
+            tg.create_task(self._publisher())
+
+    async def _batcher(self) -> None:
+        while True:
+            first = await self._queue.get()
+            parts: list[bytes] = []
+            deadline = time.monotonic() + self.limits.batch_max_ms / 1000
+            frame: bytes | None = first
+            while frame is not None:
+                if await self._admit():
+                    parts.append(frame)
+                if len(parts) >= self.limits.batch_max_records:
+                    break
+                try:
+                    frame = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        frame = await asyncio.wait_for(self._queue.get(), left)
+                    except TimeoutError:
+                        break
+            while len(self._ready) >= self.max_ready_batches:
+                # the bus is slower than the plugin: stop taking frames (backpressure)
+                self._space.clear()
+                await self._space.wait()
+            if parts:
+                batch = Batch(self.epoch, self.next_seq, len(parts), b"".join(parts))
+                self.next_seq += len(parts)
+                self._ready.append(batch)
+                self._wake.set()
+                self.counters["batches"] += 1
+
+    async def _admit(self) -> bool:
+        """Rate limit one frame: wait for a token (`block`) or drop and count (`drop`)."""
+        if self._bucket.take():
+            return True
+        if self.limits.policy == "drop":
+            self.counters["dropped_rate_limit"] += 1
+            return False
+        await asyncio.sleep(self._bucket.wait_s())
+        self._bucket.take()
+        return True
+
+    async def _publisher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                batch = self.spool.peek() if len(self.spool) else None
+                from_spool = batch is not None
+                if batch is None:
+                    if not self._ready:
+                        break
+                    batch = self._ready[0]
+                if not await self._send(batch):
+                    self._to_spool_all()
+                    await asyncio.sleep(0.5)  # retry; a reconnect also wakes us
+                    continue
+                if from_spool:
+                    self.spool.pop()
+                else:
+                    self._ready.popleft()
+                    self._space.set()
+
+    async def _send(self, batch: Batch) -> bool:
+        headers = frames.batch_headers(
+            self.host, self.plugin, batch.epoch, batch.first_seq, batch.count
+        )
+        try:
+            await self.publish(self.subject, batch.body, headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # NATS down, no stream, timeout: spool and retry
+            self.counters["publish_failures"] += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return False
+        self.counters["records_out"] += batch.count
+        self.counters["batches_out"] += 1
+        return True
+
+    def _to_spool_all(self) -> None:
+        """Move in-memory batches behind the spool so order is kept while NATS is away."""
+        while self._ready:
+            batch = self._ready.popleft()
+            if self.spool.put(batch):
+                self.counters["spooled_records"] += batch.count
+            else:
+                self.counters["dropped_spool_full"] += batch.count
+        self._space.set()
+
+    def kick(self) -> None:
+        """Try publishing now (on NATS reconnect)."""
+        self._wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **dict(self.counters),
+            "queued": self._queue.qsize(),
+            "ready_batches": len(self._ready),
+            "spool_batches": len(self.spool),
+            "spool_bytes": self.spool.bytes,
+            "next_seq": self.next_seq,
+        }
