@@ -101,6 +101,7 @@ class Controller:
         self.ledger = AckLedger()
         self.events: dict[str, list[dict[str, Any]]] = {}
         self.telemetry: dict[str, dict[str, Any]] = {}
+        self.telemetry_ok = False
         self.counters: Counter[str] = Counter()
         self.started = time.time()
         self.should_exit = asyncio.Event()
@@ -412,6 +413,29 @@ class Controller:
                 await msg.ack()
             self.counters["telemetry_batches"] += len(msgs)
 
+    async def _telemetry_service(self) -> None:
+        """Stream + ingest, retried with backoff: a NATS without JetStream (or a stream that
+        cannot be created) degrades telemetry, never presence or control."""
+        import random
+
+        from hidsd.bus.transport import backoff_delay
+
+        failures = 0
+        rng = random.Random()
+        while True:
+            try:
+                await self.ensure_stream()
+                self.telemetry_ok = True
+                await self._ingest()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                self.telemetry_ok = False
+                self.counters["telemetry_errors"] += 1
+                self.log.warning("telemetry_unavailable", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(backoff_delay(failures, 1.0, 30.0, rng))
+
     async def h_telemetry_stats(self, params: dict[str, Any]) -> Any:
         return {"streams": sorted(self.telemetry.values(), key=lambda d: (d["host"], d["plugin"]))}
 
@@ -442,12 +466,10 @@ class Controller:
                     detail="offline detection relies on heartbeat timeouts only",
                 )
             self.log.info("controller_running", version=__version__)
-            if self.settings.ingest:
-                await self.ensure_stream()
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._sweep(), name="sweep")]
                 if self.settings.ingest:
-                    tasks.append(tg.create_task(self._ingest(), name="ingest"))
+                    tasks.append(tg.create_task(self._telemetry_service(), name="telemetry"))
                 await self.should_exit.wait()
                 for t in tasks:
                     t.cancel()

@@ -31,7 +31,7 @@ console = Console()
 
 
 def _agent_config(work: Path, host: str, groups: list[str], pub: str, nats: str,
-                  etcd: list[str], etcd_password: str) -> Path:  # fmt: skip
+                  etcd: list[str], etcd_creds: tuple[str, str]) -> Path:  # fmt: skip
     path = work / f"{host}.toml"
     path.write_text(
         f'host_id = "{host}"\ngroups = {groups!r}\n'.replace("'", '"')
@@ -39,8 +39,8 @@ def _agent_config(work: Path, host: str, groups: list[str], pub: str, nats: str,
         f'data_dir = "{work / ("data-" + host)}"\n'
         'heartbeat_s = 1.0\nresync_s = 15.0\nlog_format = "json"\n'
         f'[nats]\nservers = ["{nats}"]\n'
-        f'[etcd]\nendpoints = ["{etcd[0]}"]\nuser = "agent-{host}"\n'
-        f'password = "{etcd_password}"\n'
+        f'[etcd]\nendpoints = ["{etcd[0]}"]\nuser = "{etcd_creds[0]}"\n'
+        f'password = "{etcd_creds[1]}"\n'
     )
     path.chmod(0o600)
     return path
@@ -114,8 +114,9 @@ def main() -> int:
             args = ["auth", "agent-add", host, "--generate"]
             for g in groups:
                 args += ["--group", g]
-            agent_pw[host] = _hidsctl_json(root_env, *args)["password"]
-        console.print(f"agent users: {', '.join('agent-' + h for h, _ in AGENTS)} "
+            created = _hidsctl_json(root_env, *args)
+            agent_pw[host] = (created["user"], created["password"])
+        console.print(f"agent users: {', '.join(u for u, _ in agent_pw.values())} "
                       "(each reads only the keys that govern it)")  # fmt: skip
         env = {**base_env, "HIDSCTL_ETCD_USER": "alice", "HIDSCTL_ETCD_PASSWORD": "alice-demo-pw"}
         procs.append(

@@ -8,7 +8,6 @@ gets PR_SET_PDEATHSIG, so nothing outlives the process that started it, even on 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import random
@@ -24,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hidsd.core.errors import HidsError
+from hidsd.core.proc import with_pdeathsig
 
-PR_SET_PDEATHSIG = 1
 SYS_USER = "sys"
 
 
@@ -70,21 +69,14 @@ def find_binary(name: str, env_var: str) -> str:
     return found
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the kernel sends SIGKILL to the child when its parent dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
-            args,
+            with_pdeathsig(args, os.getpid()),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,  # noqa: PLW1509
             env=env,
         )
 
@@ -159,7 +151,7 @@ class NatsServer:
             "max_connections: 200000",
             "accounts {",
             '  HIDS { users: [ { user: "hids", password: "hids" } ]'
-            + (" jetstream: enabled" if self.jetstream else "")
+            + (", jetstream: enabled" if self.jetstream else "")
             + " }",
             f'  SYS {{ users: [ {{ user: "{SYS_USER}", password: "{self.sys_password}" }} ] }}',
             "}",

@@ -25,7 +25,8 @@ from nats.aio.msg import Msg
 from hidsd.bus.protocol import Ack, Heartbeat, KeyLayout, Subjects, decode_ack, decode_heartbeat
 from hidsd.bus.signing import OperatorKey, encode_public_key
 from hidsd.core.errors import ProtocolError
-from hidsd.devstack import EtcdCluster, NatsServer, die_with_parent
+from hidsd.core.proc import with_pdeathsig
+from hidsd.devstack import EtcdCluster, NatsServer
 
 PY = sys.executable
 
@@ -161,7 +162,7 @@ class Stack:
         from hidsd.ctl import rbac
 
         role, grants = rbac.host_role(self.keys, host, tuple(groups))
-        user = f"{rbac.agent_user(host)}-{self.prefix}"
+        user = rbac.agent_user(self.keys, host)
         creds = (user, f"agent-pw-{host}")
         store = await self.root_store()
         try:
@@ -188,8 +189,8 @@ class Stack:
         log = self.workdir / f"{name}.log"
         with open(log, "ab") as out:
             p = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent, env={**os.environ, **(env or {})},  # noqa: PLW1509
+                with_pdeathsig(args, os.getpid()), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
             )  # fmt: skip
         proc = Proc(name, p, log)
         self.procs.append(proc)

@@ -404,12 +404,12 @@ def decode_config_version(data: bytes) -> ConfigVersion:
     what = "config version"
     try:
         m = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"{what}: not JSON ({type(exc).__name__})") from exc
     if not isinstance(m, dict):
         raise ProtocolError(f"{what}: expected an object")
     rb = m.get("rollback_of")
-    if rb is not None and (isinstance(rb, bool) or not isinstance(rb, int)):
+    if rb is not None and (isinstance(rb, bool) or not isinstance(rb, int) or rb < 1):
         raise ProtocolError(f"{what}: rollback_of must be a version number", field="rollback_of")
     version = _field(m, "version", int, what)
     if version < 1:
@@ -434,7 +434,7 @@ def decode_config_pointer(data: bytes) -> tuple[int, str]:
     try:
         m = json.loads(data)
         version, digest = m["version"], m["digest"]
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as exc:
         raise ProtocolError(f"config pointer: corrupt ({type(exc).__name__})") from exc
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ProtocolError("config pointer: version must be a number >= 1", field="version")

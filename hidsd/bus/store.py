@@ -7,11 +7,17 @@ Everything above it sees `KV` records, revisions and our own errors (`StoreUnava
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
+
+# Our children (plugins, servers) exec right after fork, so gRPC's fork handlers only do
+# harm: with its threads busy they left forked plugins crashing with SIGSEGV. Must be set
+# before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import grpc
 import grpc.aio

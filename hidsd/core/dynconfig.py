@@ -50,8 +50,14 @@ Check = Callable[[str, Any], Any]
 
 def _num(lo: float, hi: float) -> Check:
     def check(name: str, v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, int | float):
             raise ConfigError(f"{name}: expected a number, got {v!r}", field=name)
+        try:
+            finite = math.isfinite(v)
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
+            raise ConfigError(f"{name}: expected a finite number, got {v!r}", field=name)
         if not lo <= v <= hi:
             raise ConfigError(f"{name}: expected {lo} to {hi}, got {v}", field=name)
         return float(v)
@@ -144,7 +150,7 @@ def validate(data: dict[str, Any]) -> dict[str, Any]:
         out["plugins"] = {}
         for pname, raw in plugins.items():
             where = f"plugins.{pname}"
-            if not _PLUGIN_RE.match(pname):
+            if not _PLUGIN_RE.fullmatch(pname):
                 raise ConfigError(
                     f"{where}: plugin names are lower-case letters, digits, '-' or '_'",
                     field=where,
@@ -177,8 +183,13 @@ def merge(layers: Sequence[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any],
     effective = copy.deepcopy(DEFAULTS)
     sources: dict[str, str] = {}
 
+    def opaque(path: str) -> bool:
+        """A plugin's `params` table is replaced as a whole, not merged key by key."""
+        parts = path.split(".")
+        return len(parts) == 3 and parts[0] == "plugins" and parts[2] == "params"
+
     def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and prefix != "params" and not prefix.endswith(".params"):
+        if isinstance(value, dict) and not opaque(prefix):
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else k, v)
         else:
@@ -189,9 +200,9 @@ def merge(layers: Sequence[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any],
     def apply(dst: dict[str, Any], src: dict[str, Any], label: str, path: str) -> None:
         for k, v in src.items():
             p = f"{path}.{k}" if path else k
-            if isinstance(v, dict) and k != "params" and isinstance(dst.get(k), dict):
+            if isinstance(v, dict) and not opaque(p) and isinstance(dst.get(k), dict):
                 apply(dst[k], v, label, p)
-            elif isinstance(v, dict) and k != "params":
+            elif isinstance(v, dict) and not opaque(p):
                 dst[k] = {}
                 apply(dst[k], v, label, p)
             else:

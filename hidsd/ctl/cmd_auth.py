@@ -99,7 +99,7 @@ def auth_agent_add(
     groups = tuple(group or ())
     pw = secrets.token_urlsafe(18) if generate else _password(user_password, password_stdin, host)
     role, grants = rbac.host_role(s.keys, host, groups)
-    user = rbac.agent_user(host)
+    user = rbac.agent_user(s.keys, host)
 
     async def go(store: Any) -> None:
         await store.ensure_role(role, grants)

@@ -16,14 +16,20 @@ from hidsd.bus.store import Grant
 ROLES = ("operator", "viewer", "agent")
 
 
+def _stem(keys: KeyLayout) -> str:
+    # '/' becomes '.', which a host id or group can never contain: '/a/b/' -> 'a.b' and
+    # '/a-b/' -> 'a-b' stay distinct
+    return keys.prefix.strip("/").replace("/", ".") or "root"
+
+
 def role_name(keys: KeyLayout, role: str) -> str:
     """Role names carry the key prefix, so deployments sharing an etcd do not collide."""
-    stem = keys.prefix.strip("/").replace("/", "-") or "root"
-    return f"{stem}-{role}"
+    return f"{_stem(keys)}-{role}"
 
 
-def agent_user(host: str) -> str:
-    return f"agent-{host}"
+def agent_user(keys: KeyLayout, host: str) -> str:
+    """The agent's etcd user, also per prefix (ensure_user resets a user's roles)."""
+    return f"{_stem(keys)}-agent-{host}"
 
 
 def standard_roles(keys: KeyLayout) -> dict[str, list[Grant]]:

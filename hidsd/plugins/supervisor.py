@@ -30,10 +30,14 @@ import structlog
 
 from hidsd.bus.transport import backoff_delay
 from hidsd.core.errors import ProtocolError
+from hidsd.core.proc import with_pdeathsig
 from hidsd.plugins import frames
 from hidsd.plugins.telemetry import Pipeline, PipelineLimits, Publish, Spool
 
 BUILTIN = ("inventory", "procmon", "fim", "authlog", "loadgen")
+#: always reported, zero or not, so a missing key never hides a count
+RUNNER_COUNTERS = ("starts", "records", "bad_frames", "truncated_frames", "parked",
+                   "task_pipe_broken", "runner_errors")  # fmt: skip
 
 
 class PluginState(StrEnum):
@@ -68,12 +72,6 @@ class PluginSpec:
             limits=limits,
             priority=int(conf.get("priority", 50)),
         )
-
-
-def _die_with_parent() -> None:
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass
@@ -119,6 +117,12 @@ class PluginRunner:
             started = time.monotonic()
             try:
                 await self._run_once()
+            except Exception as exc:
+                # A fault in one plugin's plumbing must not take the agent down: count it
+                # and treat it as an exit (restart per policy).
+                self.counters["runner_errors"] += 1
+                self.last_exit = f"supervisor error: {type(exc).__name__}: {exc}"
+                self.log.exception("plugin_runner_error")
             finally:
                 if self.proc is not None and self.proc.returncode is None:
                     await asyncio.shield(self._stop_process())
@@ -147,17 +151,18 @@ class PluginRunner:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as errlog:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.spec.argv,
+                *with_pdeathsig(self.spec.argv, os.getpid()),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=errlog,
                 start_new_session=True,  # its own process group: stop kills the whole tree
-                preexec_fn=_die_with_parent,
             )
         self._ps = None
         self.state = PluginState.RUNNING
         self.counters["starts"] += 1
-        self.log.info("plugin_started", pid=self.proc.pid)
+        lim = self.pipeline.limits
+        self.log.info("plugin_started", pid=self.proc.pid, rate_per_s=lim.rate_per_s,
+                      burst=lim.burst, policy=lim.policy)  # fmt: skip
         await self._send(frames.TaskType.CONFIG, self.spec.params)
         try:
             await self._read_frames()
@@ -177,7 +182,7 @@ class PluginRunner:
         try:
             self.proc.stdin.write(frames.frame(task, body, time.time_ns()))
             await self.proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
+        except (OSError, RuntimeError):  # the plugin is gone (uvloop: closed transport)
             self.counters["task_pipe_broken"] += 1
 
     async def _read_frames(self) -> None:
@@ -196,7 +201,8 @@ class PluginRunner:
             except ProtocolError as exc:
                 self.counters["bad_frames"] += 1
                 self.log.error("plugin_garbage", error=exc.message)
-                self.last_exit = "killed: garbage on its pipe"
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # no grace for a corrupt stream
                 return
             try:
                 payload = await out.readexactly(hdr.length)
@@ -251,6 +257,7 @@ class PluginRunner:
             "cpu_pct": round(cpu, 2),
             "rss_bytes": rss,
             "last_exit": self.last_exit,
+            **{k: self.counters.get(k, 0) for k in RUNNER_COUNTERS},
             **dict(self.counters),
             **{f"tel.{k}": v for k, v in self.pipeline.stats().items()},
         }

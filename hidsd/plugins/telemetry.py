@@ -25,6 +25,10 @@ from typing import Any
 from hidsd.plugins import frames
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
+#: always reported, zero or not
+PIPELINE_COUNTERS = ("frames_in", "batches", "records_out", "batches_out", "publish_failures",
+                     "spooled_records", "dropped_queue_full", "dropped_rate_limit",
+                     "dropped_spool_full")  # fmt: skip
 
 
 class TokenBucket:
@@ -200,13 +204,13 @@ class Pipeline:
 
     async def _admit(self) -> bool:
         """Rate limit one frame: wait for a token (`block`) or drop and count (`drop`)."""
-        if self._bucket.take():
-            return True
-        if self.limits.policy == "drop":
-            self.counters["dropped_rate_limit"] += 1
-            return False
-        await asyncio.sleep(self._bucket.wait_s())
-        self._bucket.take()
+        while not self._bucket.take():
+            if self.limits.policy == "drop":
+                self.counters["dropped_rate_limit"] += 1
+                return False
+            # Loop until a token is really there: uvloop's timers run on a cached clock and
+            # can fire before the bucket has refilled (taking anyway let 10x the rate through).
+            await asyncio.sleep(max(self._bucket.wait_s(), 0.001))
         return True
 
     async def _publisher(self) -> None:
@@ -262,6 +266,7 @@ class Pipeline:
 
     def stats(self) -> dict[str, Any]:
         return {
+            **{k: self.counters.get(k, 0) for k in PIPELINE_COUNTERS},
             **dict(self.counters),
             "queued": self._queue.qsize(),
             "ready_batches": len(self._ready),

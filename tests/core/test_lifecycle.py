@@ -22,8 +22,8 @@ async def test_agent_fails_over_to_another_nats_server(
     operator_key: tuple[OperatorKey, Path], tmp_path: Path
 ) -> None:
     p1, p2 = free_port(), free_port()
-    n1 = NatsServer(tmp_path, name="n1", cluster_port=p1, routes=[p2]).start()
-    n2 = NatsServer(tmp_path, name="n2", cluster_port=p2, routes=[p1]).start()
+    n1 = NatsServer(tmp_path, name="n1", cluster_port=p1, routes=[p2], jetstream=False).start()
+    n2 = NatsServer(tmp_path, name="n2", cluster_port=p2, routes=[p1], jetstream=False).start()
     e = EtcdCluster(tmp_path / "etcd").start()
     s = Stack(nats=n1, etcd=e, workdir=tmp_path, key=operator_key[0], key_path=operator_key[1])
     try:
