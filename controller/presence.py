@@ -62,6 +62,8 @@ class AgentRecord:
                 facts=hb.facts,
                 rejections=hb.rejections,
                 seq=hb.seq,
+                plugins=hb.plugins,
+                config=hb.config,
             )
         return d
 

@@ -58,9 +58,12 @@ app.add_typer(fleet_app, name="fleet")
 def _register_more() -> None:
     from hidsd.ctl.cmd_auth import auth_app
     from hidsd.ctl.cmd_config import config_app
+    from hidsd.ctl.cmd_plugins import events_app, plugins_app
 
     app.add_typer(config_app, name="config")
     app.add_typer(auth_app, name="auth")
+    app.add_typer(plugins_app, name="plugins")
+    app.add_typer(events_app, name="events")
 
 
 _register_more()

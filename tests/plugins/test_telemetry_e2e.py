@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 
@@ -64,6 +65,17 @@ async def test_records_flow_once_in_order_and_kill_switch_stops_plugins(stack: S
         assert pl["state"] == "running" and pl["records"] == 3000 and pl["bad_frames"] == 0
         pid = pl["pid"]
         assert psutil.pid_exists(pid)
+
+        code, out, err = await stack.hidsctl("events", "tail", "--host", "tel-1", "--plugin",
+                                             "loadgen", "--since", "1h", "--count", "5",
+                                             "--json")  # fmt: skip
+        assert code == 0, err
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert [e["record"]["n"] for e in lines] == [0, 1, 2, 3, 4]
+        assert all(e["host"] == "tel-1" and e["type"] == 900 for e in lines)
+        code, rows = await stack.hidsctl_json("plugins", "status", "--host", "tel-1")
+        assert code == 0 and rows[0]["plugin"] == "loadgen" and rows[0]["state"] == "running"
+        assert rows[0]["tel.records_out"] == 3000 and rows[0]["drops"] == 0
 
         code, res = await stack.hidsctl_json("fleet", "stop", "--host", "tel-1")
         assert code == 0, res

@@ -1,0 +1,201 @@
+"""`hidsctl plugins ...` and `hidsctl events tail`: plugin state across the fleet, and the
+decoded telemetry as it arrives in the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import re
+import sys
+import time
+from typing import Annotated, Any
+
+import msgpack
+import typer
+from rich.table import Table
+
+from hidsd.core.errors import HidsError
+from hidsd.ctl.common import CtlSettings, Exit, _ask, _connect, _emit_json, _fail, err, out
+from hidsd.plugins import frames
+
+plugins_app = typer.Typer(help="Plugins on every agent: state, usage, drops.",
+                          no_args_is_help=True)  # fmt: skip
+events_app = typer.Typer(help="Telemetry from the fleet, decoded.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _rows(agents: list[dict[str, Any]], host: str | None) -> list[dict[str, Any]]:
+    rows = []
+    for a in agents:
+        if host and a["host"] != host:
+            continue
+        for name, st in sorted((a.get("plugins") or {}).items()):
+            drops = sum(v for k, v in st.items() if k.startswith("tel.dropped_"))
+            rows.append({"host": a["host"], "plugin": name, "liveness": a["liveness"],
+                         "drops": drops, **st})  # fmt: skip
+    return rows
+
+
+@plugins_app.command("status")
+def plugins_status(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="only this host")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every plugin on every agent: state, CPU, RSS, records, drops (all counted), spool."""
+    s: CtlSettings = ctx.obj
+    try:
+        res = asyncio.run(_ask(s, "agents.list", {}))
+    except HidsError as exc:
+        raise _fail(exc) from exc
+    rows = _rows(res["agents"], host)
+    if as_json:
+        _emit_json(rows)
+        return
+    t = Table(title=f"{len(rows)} plugins")
+    for col in ("host", "plugin", "state", "pid", "cpu %", "rss MB", "records", "published",
+                "drops", "spooled", "restarts", "last exit"):  # fmt: skip
+        t.add_column(col)
+    for r in rows:
+        state = r["state"]
+        style = {"running": "green", "parked": "bold red", "backoff": "yellow"}.get(state, "")
+        t.add_row(
+            r["host"], r["plugin"], f"[{style}]{state}[/]" if style else state,
+            str(r.get("pid") or "-"), f"{r.get('cpu_pct', 0):.1f}",
+            f"{r.get('rss_bytes', 0) / 2**20:.1f}", str(r.get("records", 0)),
+            str(r.get("tel.records_out", 0)), str(r["drops"]),
+            str(r.get("tel.spool_batches", 0)), str(max(0, r.get("starts", 1) - 1)),
+            r.get("last_exit", ""),
+        )  # fmt: skip
+    out.print(t)
+
+
+@plugins_app.command("list")
+def plugins_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Plugins the agents can run, and how many agents run each."""
+    from hidsd.plugins.supervisor import BUILTIN
+
+    s: CtlSettings = ctx.obj
+    try:
+        res = asyncio.run(_ask(s, "agents.list", {}))
+    except HidsError as exc:
+        raise _fail(exc) from exc
+    rows = _rows(res["agents"], None)
+    summary = {
+        name: {
+            "running": sum(1 for r in rows if r["plugin"] == name and r["state"] == "running"),
+            "parked": sum(1 for r in rows if r["plugin"] == name and r["state"] == "parked"),
+            "hosts": sorted(r["host"] for r in rows if r["plugin"] == name),
+        }
+        for name in BUILTIN
+    }
+    if as_json:
+        _emit_json(summary)
+        return
+    t = Table(title="plugins")
+    for col in ("plugin", "running on", "parked on"):
+        t.add_column(col)
+    for name, d in summary.items():
+        t.add_row(name, str(d["running"]), str(d["parked"]))
+    out.print(t)
+
+
+_SINCE = re.compile(r"^(\d+)([smhd])$")
+
+
+def _since(value: str) -> dt.datetime:
+    m = _SINCE.match(value)
+    if m:
+        seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter("use 30s, 10m, 2h, 1d or an ISO time") from exc
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+@events_app.command("tail")
+def events_tail(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="only this host")] = None,
+    plugin: Annotated[str | None, typer.Option(help="only this plugin")] = None,
+    since: Annotated[str | None, typer.Option(help="start at 30s, 10m, 2h ago or ISO time")] = None,
+    count: Annotated[int, typer.Option(help="stop after this many records (0: follow)")] = 0,
+    idle_exit: Annotated[
+        float, typer.Option(help="stop after this many idle seconds (0: never)")
+    ] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Follow decoded telemetry from the stream (new records, or from --since)."""
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    s: CtlSettings = ctx.obj
+    subject = s.subjects.telemetry(host or "*", plugin or "*")
+    start = _since(since) if since else None
+
+    async def go() -> int:
+        bus = await _connect(s)
+        shown = 0
+        try:
+            js = bus.client.jetstream()
+            if start is not None:
+                cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                     opt_start_time=start)  # fmt: skip
+            else:
+                cfg = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+            sub = await js.subscribe(subject, ordered_consumer=True, config=cfg)
+            last = time.monotonic()
+            while count == 0 or shown < count:
+                try:
+                    msg = await sub.next_msg(timeout=0.5)
+                except Exception as exc:
+                    if type(exc).__name__ != "TimeoutError":
+                        raise
+                    if idle_exit and time.monotonic() - last > idle_exit:
+                        break
+                    continue
+                last = time.monotonic()
+                shown += _show(msg, as_json, count - shown if count else 0)
+            await sub.unsubscribe()
+        finally:
+            await bus.close()
+        return shown
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        return
+    except HidsError as exc:
+        raise _fail(exc) from exc
+    except Exception as exc:  # no stream yet, JetStream disabled
+        err.print(f"[red]error:[/] cannot read the telemetry stream: {exc}")
+        raise typer.Exit(Exit.CONTROLLER) from exc
+
+
+def _show(msg: Any, as_json: bool, limit: int) -> int:
+    h = msg.headers or {}
+    host, plugin = h.get(frames.H_HOST, "?"), h.get(frames.H_PLUGIN, "?")
+    seq = int(h.get(frames.H_SEQ, "0"))
+    n = 0
+    for i, (hdr, payload) in enumerate(frames.iter_frames(msg.data)):
+        if limit and n >= limit:
+            break
+        try:
+            record: Any = msgpack.unpackb(payload, raw=False)
+        except Exception:
+            record = {"undecodable": payload[:64].hex()}
+        when = dt.datetime.fromtimestamp(hdr.ts_ns / 1e9, dt.UTC)
+        if as_json:
+            sys.stdout.write(json.dumps({"host": host, "plugin": plugin, "seq": seq + i,
+                                         "type": hdr.data_type, "time": when.isoformat(),
+                                         "record": record}, default=str) + "\n")  # fmt: skip
+        else:
+            out.print(f"[dim]{when:%H:%M:%S.%f}[/] [cyan]{host}[/] [magenta]{plugin}[/] "
+                      f"#{seq + i} t{hdr.data_type} {record}", highlight=False)  # fmt: skip
+        n += 1
+    if as_json:
+        sys.stdout.flush()
+    return n
