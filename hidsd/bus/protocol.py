@@ -45,10 +45,17 @@ class Scope(StrEnum):
 
 
 class CommandKind(StrEnum):
-    """Typed commands (E3). Stop/resume are the kill switch."""
+    """Typed commands (E3). Stop/resume are the kill switch; plugin_* act on one plugin
+    (args {"plugin": name}); start/stop are desired state, restart is a one-off action."""
 
     STOP = "stop"
     RESUME = "resume"
+    PLUGIN_START = "plugin_start"
+    PLUGIN_STOP = "plugin_stop"
+    PLUGIN_RESTART = "plugin_restart"
+
+
+PLUGIN_KINDS = (CommandKind.PLUGIN_START, CommandKind.PLUGIN_STOP, CommandKind.PLUGIN_RESTART)
 
 
 class RunMode(StrEnum):
@@ -70,6 +77,14 @@ class AckStatus(StrEnum):
 def desired_mode(kind: CommandKind) -> RunMode:
     """The run mode a kill-switch command asks for."""
     return RunMode.STOPPED if kind is CommandKind.STOP else RunMode.RUNNING
+
+
+def command_plugin(cmd: Command) -> str:
+    """The plugin a plugin_* command is about; ProtocolError if it names none."""
+    name = cmd.args.get("plugin")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", name):
+        raise ProtocolError("plugin command without a valid args.plugin", field="args.plugin")
+    return name
 
 
 def check_name(value: str, what: str) -> str:
@@ -188,6 +203,28 @@ class KeyLayout:
 
     def command_log(self, cmd_id: str) -> str:
         return f"{self.prefix}commands/{cmd_id}"
+
+    # Plugin desired state (start/stop by an operator), one key per scope and plugin.
+
+    def plugin_scope_prefix(self, scope: Scope, target: str) -> str:
+        if scope is Scope.FLEET:
+            return f"{self.prefix}plugins/fleet/"
+        return f"{self.prefix}plugins/{scope.value}/{target}/"
+
+    def plugin_desired(self, scope: Scope, target: str, plugin: str) -> str:
+        return self.plugin_scope_prefix(scope, target) + plugin
+
+    @property
+    def plugins_prefix(self) -> str:
+        return f"{self.prefix}plugins/"
+
+    def plugin_applicable(self, host: str, groups: tuple[str, ...]) -> list[str]:
+        """Prefixes of the plugin desired state that governs one agent."""
+        return [
+            self.plugin_scope_prefix(Scope.FLEET, FLEET_TARGET),
+            *(self.plugin_scope_prefix(Scope.GROUP, g) for g in groups),
+            self.plugin_scope_prefix(Scope.HOST, host),
+        ]
 
     # Config versions: immutable keys of their own (compaction never loses history) and a
     # `current` pointer per scope that writers compare-and-swap.

@@ -208,6 +208,13 @@ class Store:
         out = [_kv(kv) for r in resp.responses for kv in r.response_range.kvs]
         return out, int(resp.header.revision)
 
+    async def get_prefixes(self, prefixes: Sequence[str]) -> tuple[list[KV], int]:
+        """Every key under several prefixes, in one transaction (one revision)."""
+        ops = [KVService.txn_op_get(p, range_end=prefix_range_end(p)) for p in prefixes]
+        resp = await self._call(lambda c: c.kv.txn([], ops, timeout=self.timeout_s))  # type: ignore[union-attr]
+        out = [_kv(kv) for r in resp.responses for kv in r.response_range.kvs]
+        return out, int(resp.header.revision)
+
     async def get_prefix(
         self, prefix: str, limit: int = 0, keys_only: bool = False
     ) -> tuple[list[KV], int]:

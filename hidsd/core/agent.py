@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,14 @@ import structlog
 
 from hidsd import __version__
 from hidsd.bus.protocol import (
+    AckStatus,
+    Command,
+    CommandKind,
     Heartbeat,
     KeyLayout,
     RunMode,
     Subjects,
+    command_plugin,
     encode_event,
     encode_heartbeat,
 )
@@ -35,6 +40,7 @@ from hidsd.core.control import ControlPolicy, ControlState, Decision
 from hidsd.core.convergence import ConvergenceService
 from hidsd.core.errors import BusUnavailable, ProtocolError
 from hidsd.core.hostinfo import SelfUsage, host_facts
+from hidsd.core.plugincontrol import PluginControl, PluginControlService
 from hidsd.core.settings import AgentSettings
 from hidsd.plugins.supervisor import Supervisor
 
@@ -186,7 +192,10 @@ class Agent:
         )
         e = settings.etcd
         self.store = Store(e.endpoints, e.user, e.password, e.timeout_s)
-        self.commands = CommandService(self.bus, self.policy, self.subjects, self._on_change)
+        self.plugin_control = PluginControl(self.policy)
+        self.commands = CommandService(
+            self.bus, self.policy, self.subjects, self._on_change, self._on_plugin_command
+        )
         self.convergence = ConvergenceService(
             self.store,
             self.policy,
@@ -210,6 +219,11 @@ class Agent:
                   "resync_s": settings.resync_s},
             on_apply=self._apply_config, on_reject=self._publish_event,
             period_s=lambda: self.convergence.resync_s, watch=settings.watch,
+        )  # fmt: skip
+        self.plugin_state = PluginControlService(
+            self.store, self.keys, self.plugin_control, self.supervisor.set_overrides,
+            self._on_plugin_store_decision, lambda: self.convergence.resync_s,
+            watch=settings.watch,
         )  # fmt: skip
         self.heartbeat = HeartbeatService(self)
         self._unsent_ack: Decision | None = None
@@ -242,6 +256,24 @@ class Agent:
         self.log.info("mode_changed", mode=state.mode.value, rev=state.applied_rev,
                       cmd_id=decision.cmd_id, held=state.held, detail=decision.detail)  # fmt: skip
         self.heartbeat.poke()
+
+    def _on_plugin_command(self, cmd: Command) -> Decision:
+        decision, changed = self.plugin_control.apply_command(cmd)
+        name = command_plugin(cmd)
+        if cmd.kind is CommandKind.PLUGIN_RESTART:
+            if not self.supervisor.restart(name):
+                return replace(
+                    decision, ack_status=AckStatus.REJECTED, detail=f"{name} not running"
+                )
+            self.log.info("plugin_restart_requested", plugin=name, cmd_id=cmd.id)
+        elif changed:
+            self.supervisor.set_overrides(self.plugin_control.overrides())
+            self.log.info("plugin_override", plugin=name, kind=cmd.kind.value, rev=cmd.rev)
+        return decision
+
+    async def _on_plugin_store_decision(self, decision: Decision) -> None:
+        if self.bus.connected:
+            await self.commands.ack(decision)
 
     async def _on_store_decision(self, decision: Decision) -> None:
         if decision.changed:
@@ -287,6 +319,7 @@ class Agent:
         self.supervisor.kick()
         self.convergence.request_resync()
         self.config.follower.request()
+        self.plugin_state.follower.request()
         self.heartbeat.poke()
 
     async def _bus_service(self) -> None:
@@ -315,6 +348,7 @@ class Agent:
                     tg.create_task(self.convergence.run(), name="convergence"),
                     tg.create_task(self.config.run(), name="config"),
                     tg.create_task(self.supervisor.run(), name="plugins"),
+                    tg.create_task(self.plugin_state.run(), name="plugin-state"),
                     tg.create_task(self._bus_service(), name="bus"),
                 ]
                 self.log.info("running", mode=self.mode.value)

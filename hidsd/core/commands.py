@@ -12,12 +12,13 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import Ack, Subjects, encode_ack
+from hidsd.bus.protocol import PLUGIN_KINDS, Ack, Command, Subjects, encode_ack
 from hidsd.bus.transport import Bus
 from hidsd.core.control import ControlPolicy, ControlState, Decision
-from hidsd.core.errors import CommandRejected
+from hidsd.core.errors import CommandRejected, ProtocolError
 
 StateListener = Callable[[ControlState, Decision], None]
+PluginHandler = Callable[[Command], Decision]
 
 
 class CommandService:
@@ -29,7 +30,9 @@ class CommandService:
         policy: ControlPolicy,
         subjects: Subjects,
         on_change: StateListener,
+        on_plugin: PluginHandler | None = None,
     ) -> None:
+        self.on_plugin = on_plugin
         self.bus = bus
         self.policy = policy
         self.subjects = subjects
@@ -54,6 +57,17 @@ class CommandService:
         except CommandRejected as exc:
             self._log.warning("command_rejected", reason=exc.reason, detail=exc.message,
                               subject=msg.subject)  # fmt: skip
+            return
+        if cmd.kind in PLUGIN_KINDS:
+            if self.on_plugin is None:
+                return  # this process runs no plugins (benchmarks' lite agents)
+            try:
+                decision = self.on_plugin(cmd)
+            except ProtocolError as exc:
+                self.policy.rejections["malformed"] += 1
+                self._log.warning("command_rejected", reason="malformed", detail=exc.message)
+                return
+            await self.ack(decision)
             return
         decision = self.policy.apply_command(cmd)
         if decision.changed:

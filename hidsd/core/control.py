@@ -174,7 +174,7 @@ class ControlPolicy:
             self._seen.popitem(last=False)
 
     def apply_command(self, cmd: Command) -> Decision:
-        """Apply an accepted command under revision ordering."""
+        """Apply an accepted run-mode command under revision ordering."""
         s = self.state
         if cmd.unrecorded:
             if cmd.kind is not CommandKind.STOP:

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from hidsd.bus.protocol import KeyLayout
+from hidsd.bus.protocol import CommandKind, KeyLayout
 from hidsd.bus.store import WatchEvent
 from hidsd.core.control import ControlPolicy, Decision, DesiredRecord
 from hidsd.core.errors import CommandRejected
@@ -67,6 +67,11 @@ class ConvergenceService:
         except CommandRejected as exc:
             self._log.error("desired_state_rejected", key=key, reason=exc.reason,
                             detail=exc.message)  # fmt: skip
+            return None
+        if cmd.kind not in (CommandKind.STOP, CommandKind.RESUME):
+            self.policy.rejections["malformed"] += 1
+            self._log.error("desired_state_rejected", key=key, reason="malformed",
+                            detail=f"{cmd.kind.value} is not a run-mode state")  # fmt: skip
             return None
         return DesiredRecord(cmd, mod_revision)
 

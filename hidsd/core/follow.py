@@ -25,6 +25,10 @@ class FollowStore(Protocol):
 
     def watch_key(self, key: str, start_revision: int = 0) -> AsyncIterator[list[WatchEvent]]: ...
 
+    def watch_prefix(
+        self, prefix: str, start_revision: int = 0
+    ) -> AsyncIterator[list[WatchEvent]]: ...
+
 
 class Follower:
     """Runs `resync(why) -> revision` and feeds watch events of `keys` to `on_events`."""
@@ -39,7 +43,9 @@ class Follower:
         log: Any,
         watch: bool = True,
         rng: random.Random | None = None,
+        prefixes: bool = False,
     ) -> None:
+        self.prefixes = prefixes  # `keys` are prefixes: watch each whole range
         self.store = store
         self.keys = list(keys)
         self._resync = resync
@@ -101,7 +107,8 @@ class Follower:
         while True:
             await self.synced.wait()
             try:
-                async for events in self.store.watch_key(key, self.watch_from.get(key, 0)):
+                watch = self.store.watch_prefix if self.prefixes else self.store.watch_key
+                async for events in watch(key, self.watch_from.get(key, 0)):
                     failures = 0
                     for ev in events:
                         self.watch_from[key] = max(self.watch_from.get(key, 0), ev.mod_revision + 1)

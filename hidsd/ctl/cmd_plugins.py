@@ -102,6 +102,66 @@ def plugins_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     out.print(t)
 
 
+def _plugin_command(
+    ctx: typer.Context, kind_name: str, name: str, group: str | None, host: str | None,
+    wait: float, as_json: bool,
+) -> None:  # fmt: skip
+    from hidsd.bus.protocol import CommandKind
+    from hidsd.ctl.main import _control
+    from hidsd.plugins.supervisor import BUILTIN
+
+    if name not in BUILTIN:
+        err.print(f"[red]error:[/] unknown plugin {name!r}; known: {', '.join(BUILTIN)}")
+        raise typer.Exit(Exit.USAGE)
+    _control(ctx.obj, CommandKind(f"plugin_{kind_name}"), group, host, wait, False, as_json,
+             plugin=name)  # fmt: skip
+
+
+NameArg = Annotated[str, typer.Argument(help="plugin name")]
+GroupOpt = Annotated[str | None, typer.Option(help="only agents in this group")]
+HostOpt = Annotated[str | None, typer.Option(help="only this host id")]
+WaitOpt = Annotated[float, typer.Option(help="seconds to wait for acks")]
+
+
+@plugins_app.command("start")
+def plugins_start(
+    ctx: typer.Context,
+    name: NameArg,
+    group: GroupOpt = None,
+    host: HostOpt = None,
+    wait: WaitOpt = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a plugin (signed, recorded in etcd; wins over the config until changed)."""
+    _plugin_command(ctx, "start", name, group, host, wait, as_json)
+
+
+@plugins_app.command("stop")
+def plugins_stop(
+    ctx: typer.Context,
+    name: NameArg,
+    group: GroupOpt = None,
+    host: HostOpt = None,
+    wait: WaitOpt = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop a plugin (signed, recorded in etcd; agents that were offline converge)."""
+    _plugin_command(ctx, "stop", name, group, host, wait, as_json)
+
+
+@plugins_app.command("restart")
+def plugins_restart(
+    ctx: typer.Context,
+    name: NameArg,
+    group: GroupOpt = None,
+    host: HostOpt = None,
+    wait: WaitOpt = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restart a plugin now (also un-parks a crash-looping one); a one-off command."""
+    _plugin_command(ctx, "restart", name, group, host, wait, as_json)
+
+
 _SINCE = re.compile(r"^(\d+)([smhd])$")
 
 

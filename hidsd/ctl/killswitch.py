@@ -159,12 +159,19 @@ async def issue_command(
     ttl_s: float = DEFAULT_TTL_S,
     on_ack: AckCallback | None = None,
     author: str = "",
+    args: dict[str, Any] | None = None,
+    desired_key: str | None = "",
 ) -> IssueResult:
     """Record, broadcast and count. Raises NotRecorded when etcd is down and not allowed.
 
     With `bus=None` (NATS unreachable) the desired state is only recorded: agents converge
     through their etcd watch or on their next reconnect/resync, and nothing is counted.
+    `desired_key` defaults to the run-mode key of the scope; None records the command in the
+    audit log only (one-off actions such as a plugin restart).
     """
+    cmd_args = dict(args or {})
+    if desired_key == "":
+        desired_key = keys.desired(scope, target)
     cmd_id = new_command_id()
     issued_at = time.time()
     done = asyncio.Event()
@@ -212,7 +219,7 @@ async def issue_command(
             remaining = expected_set - set(result.acks)
 
         t0 = time.perf_counter()
-        stored = Command(cmd_id, kind, scope, target, 0, issued_at, issued_at + ttl_s, {})
+        stored = Command(cmd_id, kind, scope, target, 0, issued_at, issued_at + ttl_s, cmd_args)
         try:
             audit = msgpack.packb(
                 {
@@ -223,15 +230,13 @@ async def issue_command(
                     "issued_at": issued_at,
                     "key_id": key.key_id,
                     "author": author,
+                    "args": cmd_args,
                 }
             )
-            result.rev = await store.put_all(
-                {
-                    keys.desired(scope, target): key.sign_command(stored),
-                    keys.command_log(cmd_id): audit,
-                },
-                absent=[keys.command_log(cmd_id)],
-            )
+            puts = {keys.command_log(cmd_id): audit}
+            if desired_key is not None:
+                puts[desired_key] = key.sign_command(stored)
+            result.rev = await store.put_all(puts, absent=[keys.command_log(cmd_id)])
             result.recorded = True
         except StoreUnavailable as exc:
             result.store_error = exc.message
@@ -246,9 +251,11 @@ async def issue_command(
         if bus is None:
             return result
 
-        args: dict[str, Any] = {} if result.recorded else {"unrecorded": True}
+        bus_args = dict(cmd_args) if result.recorded else {**cmd_args, "unrecorded": True}
         issued_at = time.time()
-        cmd = Command(cmd_id, kind, scope, target, result.rev, issued_at, issued_at + ttl_s, args)
+        cmd = Command(
+            cmd_id, kind, scope, target, result.rev, issued_at, issued_at + ttl_s, bus_args
+        )
         envelope = key.sign_command(cmd)
         t_publish = time.perf_counter()
         await bus.publish(subjects.cmd_for(scope, target), envelope)

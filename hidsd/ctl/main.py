@@ -269,16 +269,27 @@ def _scope(group: str | None, host: str | None) -> tuple[Scope, str]:
 
 def _control(
     s: CtlSettings, kind: CommandKind, group: str | None, host: str | None, wait: float,
-    allow_unrecorded: bool, as_json: bool,
+    allow_unrecorded: bool, as_json: bool, plugin: str | None = None,
 ) -> None:  # fmt: skip
+    """Record, broadcast, count acks, report. Plugin commands name the plugin."""
     from hidsd.ctl.killswitch import IssueResult, issue_command
 
     scope, target = _scope(group, host)
+    args: dict[str, Any] = {}
+    desired_key: str | None = ""
+    if plugin is not None:
+        args = {"plugin": plugin}
+        desired_key = (
+            None if kind is CommandKind.PLUGIN_RESTART
+            else s.keys.plugin_desired(scope, target, plugin)
+        )  # fmt: skip
     try:
         key = OperatorKey.load(s.key_file)
     except OperatorKeyError as exc:
         raise _fail(exc) from exc
     label = "fleet" if scope is Scope.FLEET else f"{scope.value} {target}"
+    if plugin is not None:
+        label = f"{plugin} on {label}"
     progress = Progress(
         TextColumn(f"[bold]{kind.value} {label}[/]"),
         BarColumn(),
@@ -313,7 +324,7 @@ def _control(
                     kind=kind, scope=scope, target=target, key=key, bus=bus, store=store,
                     subjects=s.subjects, keys=s.keys, wait_s=wait,
                     allow_unrecorded=allow_unrecorded, on_ack=on_ack,
-                    author=author(s),
+                    author=author(s), args=args, desired_key=desired_key,
                 )  # fmt: skip
         finally:
             if bus is not None:

@@ -39,12 +39,14 @@ def standard_roles(keys: KeyLayout) -> dict[str, list[Grant]]:
             Grant(p, "read", prefix=True),
             Grant(keys.desired_prefix, "readwrite", prefix=True),
             Grant(keys.config_prefix, "readwrite", prefix=True),
+            Grant(keys.plugins_prefix, "readwrite", prefix=True),
             Grant(f"{p}commands/", "readwrite", prefix=True),
         ],
         role_name(keys, "viewer"): [Grant(p, "read", prefix=True)],
         role_name(keys, "agent"): [
             Grant(keys.desired_prefix, "read", prefix=True),
             Grant(keys.config_prefix, "read", prefix=True),
+            Grant(keys.plugins_prefix, "read", prefix=True),
         ],
     }
 
@@ -56,4 +58,5 @@ def host_role(keys: KeyLayout, host: str, groups: tuple[str, ...]) -> tuple[str,
         Grant(keys.config_scope_prefix(s, t), "read", prefix=True)
         for s, t in keys.config_applicable(host, groups)
     ]
+    grants += [Grant(p, "read", prefix=True) for p in keys.plugin_applicable(host, groups)]
     return role_name(keys, f"agent-{host}"), grants

@@ -280,6 +280,8 @@ class Supervisor:
         self.publish = publish
         self.spool_max_bytes = spool_max_bytes
         self.wanted: dict[str, PluginSpec] = {}
+        self.overrides: dict[str, bool] = {}  # operator start/stop, newer than config
+        self.telemetry: dict[str, Any] = {}
         self.running: dict[str, tuple[PluginRunner, asyncio.Task[None]]] = {}
         self.allowed = True
         self._changed = asyncio.Event()
@@ -287,9 +289,25 @@ class Supervisor:
 
     def configure(self, plugins: dict[str, Any], telemetry: dict[str, Any]) -> None:
         """Hot reload: the plugins section of the effective config."""
+        self.plugins_conf = plugins
+        self.telemetry = telemetry
+        self._recompute()
+
+    def set_overrides(self, overrides: dict[str, bool]) -> None:
+        """Operator start/stop (signed, in etcd): wins over the config's `enabled`."""
+        self.overrides = dict(overrides)
+        self._recompute()
+
+    def _recompute(self) -> None:
+        from hidsd.core.dynconfig import DEFAULTS
+
+        telemetry = self.telemetry or DEFAULTS["telemetry"]
+        confs = getattr(self, "plugins_conf", {})
         wanted: dict[str, PluginSpec] = {}
-        for name, conf in plugins.items():
-            if not conf.get("enabled", False):
+        for name in sorted(set(confs) | set(self.overrides)):
+            conf = confs.get(name, {})
+            run = self.overrides.get(name, bool(conf.get("enabled", False)))
+            if not run:
                 continue
             if name not in BUILTIN:
                 self.log.error("plugin_unknown", plugin=name, known=list(BUILTIN))

@@ -138,6 +138,7 @@ def test_operator_grants_exactly(prefix: str) -> None:
         Grant(prefix, "read", prefix=True),
         Grant(f"{prefix}desired/", "readwrite", prefix=True),
         Grant(f"{prefix}config/", "readwrite", prefix=True),
+        Grant(f"{prefix}plugins/", "readwrite", prefix=True),
         Grant(f"{prefix}commands/", "readwrite", prefix=True),
     }
 
@@ -202,8 +203,12 @@ def test_host_role_grants_exactly() -> None:
         "/hidsd/config/group/eu/",
         "/hidsd/config/group/web/",
         "/hidsd/config/host/h1/",
+        "/hidsd/plugins/fleet/",
+        "/hidsd/plugins/group/eu/",
+        "/hidsd/plugins/group/web/",
+        "/hidsd/plugins/host/h1/",
     }
-    assert len(grants) == 8
+    assert len(grants) == 12
 
 
 def test_host_role_without_groups() -> None:
@@ -214,6 +219,8 @@ def test_host_role_without_groups() -> None:
         Grant("/t1/desired/host/h1", "read"),
         Grant("/t1/config/fleet/", "read", prefix=True),
         Grant("/t1/config/host/h1/", "read", prefix=True),
+        Grant("/t1/plugins/fleet/", "read", prefix=True),
+        Grant("/t1/plugins/host/h1/", "read", prefix=True),
     }
 
 
