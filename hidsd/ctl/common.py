@@ -49,7 +49,7 @@ class Exit(IntEnum):
 
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # errors stay one grep-able line
 
 
 @dataclass
