@@ -14,6 +14,7 @@ or sends SHUTDOWN, `wait` returns False and the plugin should exit.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -37,7 +38,14 @@ class Plugin:
         on_task: TaskHandler | None = None,
     ) -> None:
         self.name = name
-        self._out = out if out is not None else sys.stdout.buffer
+        if out is None:
+            # Frames own the real stdout: keep it on a private descriptor and point fd 1 at
+            # stderr, so a stray print() or a child inheriting stdout cannot corrupt the stream.
+            sys.stdout.flush()
+            private = os.dup(1)
+            os.dup2(2, 1)
+            out = os.fdopen(private, "wb", buffering=1 << 16)
+        self._out = out
         self._in = inp if inp is not None else sys.stdin.buffer
         self._on_task = on_task
         self.params: dict[str, Any] = {}
@@ -51,7 +59,14 @@ class Plugin:
     # ------------------------------------------------------------------ records
 
     def encode(self, data_type: int, record: Any, ts_ns: int | None = None) -> bytes:
+        """Encode and frame one record; ValueError if it exceeds the agent's frame limit
+        (the agent would treat it as garbage and restart the plugin): split it instead."""
         payload: bytes = msgpack.packb(record, use_bin_type=True)
+        if len(payload) > frames.DEFAULT_MAX_FRAME_BYTES:
+            raise ValueError(
+                f"record of {len(payload)} bytes exceeds the frame limit "
+                f"{frames.DEFAULT_MAX_FRAME_BYTES}: split it"
+            )
         return frames.frame(data_type, payload, ts_ns if ts_ns is not None else time.time_ns())
 
     def emit(self, data_type: int, record: Any, ts_ns: int | None = None) -> None:
@@ -64,10 +79,10 @@ class Plugin:
             with self._lock:
                 self._out.write(data)
                 self._out.flush()
+                self.emitted += count
         except (BrokenPipeError, ValueError):
             self._stop.set()  # the agent went away
             return
-        self.emitted += count
 
     # ------------------------------------------------------------------ tasks
 
@@ -88,7 +103,10 @@ class Plugin:
                     self.params = payload
                     self._configured.set()
                 if self._on_task is not None:
-                    self._on_task(hdr.data_type, payload)
+                    try:
+                        self._on_task(hdr.data_type, payload)
+                    except Exception as exc:  # a plugin bug must not kill the task reader
+                        print(f"{self.name}: task handler failed: {exc!r}", file=sys.stderr)
         except (OSError, ValueError, ProtocolError):
             pass  # a broken task pipe means the agent is gone: stop
         finally:
