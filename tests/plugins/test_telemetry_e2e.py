@@ -152,12 +152,15 @@ async def test_garbage_crash_loop_is_parked_and_other_plugins_keep_running(stack
     try:
         await wait_for(lambda: "gb-1" in obs.heartbeats, 20)
         await _set(stack, "host:gb-1", LOADGEN.format(
-            params="rate = 0, size = 50, garbage_after = 64", extra=""))  # fmt: skip
+            params="rate = 0, size = 50, garbage_after = 64", extra="")
+            + "[plugins.procmon]\nenabled = true\nparams = { interval_s = 0.5 }\n")  # fmt: skip
         await wait_for(lambda: obs.heartbeats["gb-1"].plugins.get("loadgen", {})
                        .get("state") == "parked", 45, "garbage plugin parked")  # fmt: skip
         pl = obs.heartbeats["gb-1"].plugins["loadgen"]
         assert pl["bad_frames"] >= 4 and pl["starts"] >= 5 and pl["parked"] == 1
         assert obs.heartbeats["gb-1"].mode.value == "running"  # the agent is fine
+        other = obs.heartbeats["gb-1"].plugins["procmon"]  # and so is the other plugin
+        assert other["state"] == "running" and other["starts"] == 1 and other["bad_frames"] == 0
     finally:
         await obs.close()
 
