@@ -90,8 +90,9 @@ from hidsd.core import logging as hidsd_logging
 from hidsd.core.agent import StateFile
 from hidsd.core.control import ControlState
 from hidsd.core.errors import HidsError, ProtocolError
+from hidsd.core.proc import with_pdeathsig
 from hidsd.ctl.killswitch import DEFAULT_TTL_S, IssueResult, issue_command, new_command_id
-from hidsd.devstack import EtcdCluster, NatsServer, die_with_parent, find_binary
+from hidsd.devstack import EtcdCluster, NatsServer, find_binary
 
 HERE = Path(__file__).resolve().parent
 FLEET_PY = HERE / "_fleet.py"
@@ -362,11 +363,10 @@ class Fleet:
             log = self.workdir / f"worker-{cfg.index}.log"
             with open(log, "ab") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, str(FLEET_PY), cfg.to_json()],
+                    with_pdeathsig([sys.executable, str(FLEET_PY), cfg.to_json()], os.getpid()),
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    preexec_fn=die_with_parent,  # noqa: PLW1509
                 )
             self.procs.append(proc)
             self.logs.append(log)

@@ -147,8 +147,8 @@ class HeartbeatService:
 
     async def run(self) -> None:
         while True:
+            self._now.clear()  # before sending: a poke during the send is not lost
             await self.send()
-            self._now.clear()
             interval = self.agent.heartbeat_s  # hot-reloadable
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._now.wait(), interval * self._rng.uniform(0.9, 1.1))
@@ -219,6 +219,7 @@ class Agent:
                   "resync_s": settings.resync_s},
             on_apply=self._apply_config, on_reject=self._publish_event,
             period_s=lambda: self.convergence.resync_s, watch=settings.watch,
+            on_status=lambda: self.heartbeat.poke() if hasattr(self, "heartbeat") else None,
         )  # fmt: skip
         self.plugin_state = PluginControlService(
             self.store, self.keys, self.plugin_control, self.supervisor.set_overrides,

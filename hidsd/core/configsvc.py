@@ -9,6 +9,7 @@ its last good config from disk first, so it runs with it while etcd is unreachab
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -56,7 +57,13 @@ class ConfigService:
         on_reject: Report,
         period_s: Callable[[], float],
         watch: bool = True,
+        on_status: Callable[[], None] | None = None,
     ) -> None:
+        self.on_status = on_status
+        self._lock = asyncio.Lock()
+        self._requested = 0
+        self._covered = 0
+        self._last_revision = 0
         self.store = store
         self.keys = keys
         self.scopes = keys.config_applicable(host, groups)
@@ -122,7 +129,24 @@ class ConfigService:
         return await self.resync(why)
 
     async def resync(self, why: str) -> int:
-        """Read pointers and versions; apply or reject. Returns the revision read."""
+        """Read pointers and versions; apply or reject. Returns the pointers' revision.
+
+        Serialized: two overlapping resyncs could finish out of order and apply an older
+        snapshot. A request made while one runs is covered by the next run (or by a run that
+        started after it), so bursts of watch events cost one read, not one each.
+        """
+        self._requested += 1
+        mine = self._requested
+        async with self._lock:
+            if self._covered >= mine:
+                return self._last_revision
+            upto = self._requested
+            revision = await self._resync_locked(why)
+            self._covered = upto
+            self._last_revision = revision
+            return revision
+
+    async def _resync_locked(self, why: str) -> int:
         kvs, revision = await self.store.get_many(self.pointer_keys)
         by_key = {kv.key: kv for kv in kvs}
         wanted: dict[str, tuple[int, str]] = {}
@@ -142,7 +166,7 @@ class ConfigService:
                 self.versions.get(label, 0) for label in self.labels
             ] and self.status == "ok":
                 return revision  # nothing moved since the last apply (or rejection)
-            vkvs, revision = await self.store.get_many(list(version_keys.values()))
+            vkvs, _ = await self.store.get_many(list(version_keys.values()))
             contents = {kv.key: kv.value for kv in vkvs}
             layers: list[tuple[str, dict[str, Any]]] = []
             texts: list[tuple[str, str]] = []
@@ -190,6 +214,8 @@ class ConfigService:
                       changed=changed)  # fmt: skip
         if changed:
             self.on_apply(effective)
+        if self.on_status is not None:
+            self.on_status()  # report the new versions now, even if nothing else changed
 
     async def _reject(self, rej: Rejected) -> None:
         self.status = "rejected"
@@ -200,6 +226,8 @@ class ConfigService:
             return  # already logged and reported this one
         self._reported = key
         self.rejections += 1
+        if self.on_status is not None:
+            self.on_status()
         self.log.error("config_rejected", scope=rej.scope, version=rej.version,
                        error=rej.error, kept=self.versions)  # fmt: skip
         await self.on_reject({"kind": "config_rejected", **self.rejected, "kept": self.versions})

@@ -112,7 +112,13 @@ class Follower:
                     failures = 0
                     for ev in events:
                         self.watch_from[key] = max(self.watch_from.get(key, 0), ev.mod_revision + 1)
-                    await self._on_events(events)
+                    try:
+                        await self._on_events(events)
+                    except HidsError as exc:
+                        # The watch moved past this event: hand it to the resync loop (which
+                        # retries with backoff) instead of dropping it until the next period.
+                        self.log.warning("watch_event_deferred", key=key, error=exc.message)
+                        self.request()
             except HidsError as exc:
                 failures += 1
                 self.log.warning("watch_failed", key=key, error=exc.message)
