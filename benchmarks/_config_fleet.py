@@ -183,6 +183,7 @@ class LiteAgent:
                   "resync_s": cfg.resync_s},
             on_apply=self._apply_config, on_reject=self._publish_event,
             period_s=lambda: self.resync_s, watch=True, marks=self.marks,
+            on_status=self._now.set,  # as Agent: every new status or version is reported at once
         )  # fmt: skip
         self.log = self.service.log
         self.service.load_last_good()
