@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,16 @@ class PluginRunner:
     def __post_init__(self) -> None:
         self.log: Any = structlog.get_logger("hidsd.plugins").bind(plugin=self.spec.name)
         self._restart_now = asyncio.Event()
+
+    async def update(self, spec: PluginSpec) -> None:
+        """Hot reload of params (sent as a CONFIG task) and telemetry limits."""
+        params_changed = spec.params != self.spec.params
+        self.spec = spec
+        self.pipeline.set_limits(spec.limits)
+        if params_changed and self.proc is not None and self.proc.returncode is None:
+            await self._send(frames.TaskType.CONFIG, spec.params)
+        self.log.info("plugin_reconfigured", params_changed=params_changed,
+                      rate_per_s=spec.limits.rate_per_s, policy=spec.limits.policy)  # fmt: skip
 
     def restart(self) -> None:
         """Operator restart: also un-parks."""
@@ -346,8 +356,18 @@ class Supervisor:
         target = self.wanted if self.allowed else {}
         for name in list(self.running):
             runner, _task = self.running[name]
-            if name not in target or target[name] != runner.spec:
+            if name not in target:
                 await self._stop(name)
+            elif target[name] != runner.spec:
+                new = target[name]
+                if (
+                    replace(new, params=runner.spec.params, limits=runner.spec.limits)
+                    == runner.spec
+                ):
+                    # params and telemetry limits change in place: no restart
+                    await runner.update(new)
+                else:
+                    await self._stop(name)
         for name, spec in sorted(target.items(), key=lambda kv: -kv[1].priority):
             if name in self.running:
                 continue

@@ -199,29 +199,36 @@ async def test_no_orphan_survives_sigkill_of_the_agent(stack: Stack) -> None:
 
 async def test_rate_limit_drop_policy_counts_and_block_policy_pushes_back(stack: Stack) -> None:
     await stack.start_agent("rl-1", ["web"])
+    await stack.start_agent("rl-2", ["web"])
     obs = await stack.observer()
     try:
-        await wait_for(lambda: "rl-1" in obs.heartbeats, 20)
+        await wait_for(lambda: "rl-1" in obs.heartbeats and "rl-2" in obs.heartbeats, 20)
         await _set(stack, "host:rl-1", LOADGEN.format(
             params="rate = 0, size = 50, count = 2000",
             extra='rate_per_s = 200\nburst = 100\npolicy = "drop"\n'))  # fmt: skip
+        await _set(stack, "host:rl-2", LOADGEN.format(
+            params="rate = 0, size = 50, count = 100000",
+            extra='rate_per_s = 300\nburst = 100\npolicy = "block"\n'))  # fmt: skip
         await wait_for(lambda: obs.heartbeats["rl-1"].plugins.get("loadgen", {})
                        .get("records") == 2000, 20)  # fmt: skip
-        await asyncio.sleep(1.5)
+        await wait_for(lambda: obs.heartbeats["rl-2"].plugins.get("loadgen", {})
+                       .get("records", 0) > 0, 20)  # fmt: skip
+        await asyncio.sleep(3.0)
         pl = obs.heartbeats["rl-1"].plugins["loadgen"]
         dropped = pl.get("tel.dropped_rate_limit", 0) + pl.get("tel.dropped_queue_full", 0)
         assert dropped > 0
         assert pl["tel.records_out"] + dropped + pl["tel.queued"] <= 2000
-        await _set(stack, "host:rl-1", LOADGEN.format(
-            params="rate = 0, size = 50, count = 100000",
-            extra='rate_per_s = 300\nburst = 100\npolicy = "block"\n'))  # fmt: skip
-        await wait_for(lambda: obs.heartbeats["rl-1"].plugins.get("loadgen", {})
-                       .get("starts") == 1 and obs.heartbeats["rl-1"].plugins["loadgen"]
-                       .get("records", 0) > 0, 20)  # fmt: skip
-        await asyncio.sleep(3.0)
-        pl = obs.heartbeats["rl-1"].plugins["loadgen"]
+        pl = obs.heartbeats["rl-2"].plugins["loadgen"]
         # the plugin wanted 100000 records as fast as possible; pushback held it near the rate
-        assert pl["records"] < 20_000
+        assert pl["records"] < 20_000, sorted(pl.items())
         assert pl.get("tel.dropped_rate_limit", 0) == 0 and pl.get("tel.dropped_queue_full", 0) == 0
+
+        # Limits hot-reload in place: no plugin restart.
+        await _set(stack, "host:rl-2", LOADGEN.format(
+            params="rate = 0, size = 50, count = 100000",
+            extra='rate_per_s = 5000\nburst = 1000\npolicy = "block"\n'))  # fmt: skip
+        await wait_for(lambda: obs.heartbeats["rl-2"].plugins["loadgen"]["records"] > 20_000,
+                       20, "faster after the new rate")  # fmt: skip
+        assert obs.heartbeats["rl-2"].plugins["loadgen"]["starts"] == 1
     finally:
         await obs.close()
