@@ -160,7 +160,19 @@ def main() -> int:
         time.sleep(1.5)
         _hidsctl(env, "config", "status")
         _hidsctl(env, "config", "effective", "--host", "demo-web-1")
-        code = 0 if stop_rc == 0 and resume_rc == 0 and set_rc == 0 else 1
+        console.print(Rule("6. plugins and telemetry (R4, R14, E2)"))
+        fleet_file = work / "fleet.toml"
+        fleet_file.write_text(
+            "[plugins.procmon]\nenabled = true\nparams = { interval_s = 1.0 }\n"
+            "[plugins.inventory]\nenabled = true\n"
+        )
+        plug_rc = _hidsctl(env, "config", "set", str(fleet_file), "--scope", "fleet",
+                           "-m", "turn on process and package monitoring")  # fmt: skip
+        time.sleep(3.0)
+        _hidsctl(env, "plugins", "status")
+        _hidsctl(env, "events", "tail", "--plugin", "procmon", "--since", "1m", "--count", "3",
+                 "--idle-exit", "5")  # fmt: skip
+        code = 0 if stop_rc == 0 and resume_rc == 0 and set_rc == 0 and plug_rc == 0 else 1
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted: tearing down[/]")
         code = 130

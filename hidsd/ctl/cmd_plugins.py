@@ -54,20 +54,17 @@ def plugins_status(
     if as_json:
         _emit_json(rows)
         return
-    t = Table(title=f"{len(rows)} plugins")
-    for col in ("host", "plugin", "state", "pid", "cpu %", "rss MB", "records", "published",
-                "drops", "spooled", "restarts", "last exit"):  # fmt: skip
-        t.add_column(col)
+    t = Table(title=f"{len(rows)} plugins (--json for pid, spool, last exit, every counter)")
+    for col in ("host", "plugin", "state", "cpu%", "MB", "read", "sent", "drops", "restarts"):
+        t.add_column(col, no_wrap=col in ("host", "plugin", "state"))
     for r in rows:
         state = r["state"]
         style = {"running": "green", "parked": "bold red", "backoff": "yellow"}.get(state, "")
         t.add_row(
             r["host"], r["plugin"], f"[{style}]{state}[/]" if style else state,
-            str(r.get("pid") or "-"), f"{r.get('cpu_pct', 0):.1f}",
-            f"{r.get('rss_bytes', 0) / 2**20:.1f}", str(r.get("records", 0)),
-            str(r.get("tel.records_out", 0)), str(r["drops"]),
-            str(r.get("tel.spool_batches", 0)), str(max(0, r.get("starts", 1) - 1)),
-            r.get("last_exit", ""),
+            f"{r.get('cpu_pct', 0):.1f}", f"{r.get('rss_bytes', 0) / 2**20:.0f}",
+            str(r.get("records", 0)), str(r.get("tel.records_out", 0)), str(r["drops"]),
+            str(max(0, r.get("starts", 1) - 1)),
         )  # fmt: skip
     out.print(t)
 
