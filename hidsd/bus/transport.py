@@ -21,7 +21,8 @@ import structlog
 from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
 
-from hidsd.core.errors import BusUnavailable, NoResponse
+from hidsd.core.aio import wait_timeout
+from hidsd.core.errors import BusUnavailable, NoResponse, NotPublishable
 
 Handler = Callable[[Msg], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
@@ -153,7 +154,7 @@ class Bus:
                     await asyncio.sleep(delay)
                     continue
                 try:
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await wait_timeout(stop.wait(), delay)
                 except TimeoutError:
                     continue
                 raise BusUnavailable("stopped before NATS was reachable") from exc
@@ -192,7 +193,10 @@ class Bus:
         if self._js is None or self._js_for is not self._nc:
             self._js = self.client.jetstream(timeout=timeout)
             self._js_for = self._nc
-        await self._js.publish(subject, data, timeout=timeout, headers=headers)
+        try:
+            await self._js.publish(subject, data, timeout=timeout, headers=headers)
+        except nats.errors.MaxPayloadError as exc:
+            raise NotPublishable(f"{len(data)} bytes exceed the server's max_payload") from exc
 
     async def flush(self, timeout: float = 2.0) -> None:
         await self.client.flush(timeout=timeout)  # type: ignore[arg-type]  # float works
@@ -204,7 +208,7 @@ class Bus:
             return
         try:
             if nc.is_connected:
-                await asyncio.wait_for(nc.flush(), timeout)
+                await wait_timeout(nc.flush(), timeout)
         except (TimeoutError, nats.errors.Error, OSError, RuntimeError):
             self._log.warning("nats_flush_on_close_failed")
         try:

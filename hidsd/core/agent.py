@@ -34,6 +34,7 @@ from hidsd.bus.protocol import (
 from hidsd.bus.signing import TrustStore
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
+from hidsd.core.aio import wait_timeout
 from hidsd.core.commands import CommandService
 from hidsd.core.configsvc import ConfigService
 from hidsd.core.control import ControlPolicy, ControlState, Decision
@@ -151,7 +152,7 @@ class HeartbeatService:
             await self.send()
             interval = self.agent.heartbeat_s  # hot-reloadable
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._now.wait(), interval * self._rng.uniform(0.9, 1.1))
+                await wait_timeout(self._now.wait(), interval * self._rng.uniform(0.9, 1.1))
 
 
 class Agent:
@@ -370,7 +371,7 @@ class Agent:
         A second signal cancels the task running `run()` (see main), which skips this.
         """
         try:
-            await asyncio.wait_for(self._say_bye(), self.settings.shutdown_timeout_s)
+            await wait_timeout(self._say_bye(), self.settings.shutdown_timeout_s)
         except TimeoutError:
             self.log.warning("bye_timed_out")
 

@@ -103,3 +103,9 @@ class NotRecorded(HidsError):
     """etcd could not record a desired state, and broadcasting it unrecorded was not allowed."""
 
     code = "not_recorded"
+
+
+class NotPublishable(HidsError):
+    """The bus refused a message for good (too large): retrying cannot help."""
+
+    code = "not_publishable"

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from hidsd.bus.store import KV, WatchEvent
 from hidsd.bus.transport import backoff_delay
+from hidsd.core.aio import wait_timeout
 from hidsd.core.errors import HidsError
 
 
@@ -100,7 +101,7 @@ class Follower:
                 self.store_ok = False
                 wait = backoff_delay(failures, 0.5, min(self._period_s(), 15.0), self._rng)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._trigger.wait(), wait)
+                await wait_timeout(self._trigger.wait(), wait)
 
     async def _watch_loop(self, key: str) -> None:
         failures = 0

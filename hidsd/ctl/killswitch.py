@@ -36,6 +36,7 @@ from hidsd.bus.protocol import (
 from hidsd.bus.signing import OperatorKey
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus
+from hidsd.core.aio import wait_timeout
 from hidsd.core.errors import NoResponse, NotRecorded, ProtocolError, StoreUnavailable
 
 DEFAULT_TTL_S = 300.0
@@ -264,7 +265,7 @@ async def issue_command(
         if result.expected is not None and not result.expected:
             done.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), wait_s)
+            await wait_timeout(done.wait(), wait_s)
         result.elapsed_ms = (time.perf_counter() - t_publish) * 1000
     finally:
         if sub is not None:

@@ -7,7 +7,7 @@ payload, all integers big-endian:
     offset size field
     0      2    magic      0x4846 ("HF")
     2      2    data_type  the plugin's record type (tasks: see TaskType)
-    4      4    length     payload bytes that follow (at most the agent's max_frame_bytes)
+    4      4    length     payload bytes that follow (at most 512 KiB by default)
     8      8    ts_ns      event time, nanoseconds since the Unix epoch
     16     len  payload    msgpack, encoded once by the plugin
 
@@ -28,7 +28,8 @@ from hidsd.core.errors import ProtocolError
 MAGIC = 0x4846
 HEADER = struct.Struct(">HHIQ")
 HEADER_SIZE = HEADER.size  # 16
-DEFAULT_MAX_FRAME_BYTES = 1 << 20
+#: a frame must fit, with room to spare, in one NATS message (max_payload defaults to 1 MiB)
+DEFAULT_MAX_FRAME_BYTES = 512 << 10
 
 
 class TaskType(IntEnum):

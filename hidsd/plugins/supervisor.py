@@ -29,6 +29,7 @@ import psutil
 import structlog
 
 from hidsd.bus.transport import backoff_delay
+from hidsd.core.aio import wait_timeout
 from hidsd.core.errors import ProtocolError
 from hidsd.core.proc import with_pdeathsig
 from hidsd.plugins import frames
@@ -154,7 +155,7 @@ class PluginRunner:
                              last_exit=self.last_exit)  # fmt: skip
             self._restart_now.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._restart_now.wait(), delay)
+                await wait_timeout(self._restart_now.wait(), delay)
 
     async def _run_once(self) -> None:
         log_path = self.log_dir / f"{self.spec.name}.log"
@@ -237,12 +238,19 @@ class PluginRunner:
         if proc.stdin is not None and not proc.stdin.is_closing():
             await self._send(frames.TaskType.SHUTDOWN, None)
             proc.stdin.close()
+        if proc.stdout is not None:
+            # A busy plugin may be blocked writing to us: keep its pipe moving so it sees
+            # SHUTDOWN and exits in time. What it still writes now is counted, not kept.
+            with contextlib.suppress(TimeoutError, OSError):
+                async with asyncio.timeout(self.stop_grace_s):
+                    while chunk := await proc.stdout.read(1 << 16):
+                        self.counters["bytes_discarded_at_stop"] += len(chunk)
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
             if sig is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, sig)
             try:
-                await asyncio.wait_for(proc.wait(), self.stop_grace_s)
+                await wait_timeout(proc.wait(), self.stop_grace_s)
                 break
             except TimeoutError:
                 continue
@@ -383,10 +391,16 @@ class Supervisor:
             self.running[name] = (runner, tg.create_task(runner.run(), name=f"plugin:{name}"))
 
     async def _stop(self, name: str) -> None:
-        _runner, task = self.running.pop(name)
-        task.cancel()
-        await asyncio.wait([task])  # its own CancelledError stays in it; ours still propagates
-        self.log.info("plugin_stopped", plugin=name)
+        runner, task = self.running.pop(name)
+        for _ in range(5):
+            task.cancel()
+            # its own CancelledError stays in it; ours still propagates
+            done, _pending = await asyncio.wait([task], timeout=runner.stop_grace_s * 3 + 1)
+            if done:
+                break
+            self.log.warning("plugin_stop_slow", plugin=name)  # cancel again: bounded stop
+        runner.pipeline.save_unsent()
+        self.log.info("plugin_stopped", plugin=name, **runner.pipeline.stop_report)
 
     async def _stop_all(self) -> None:
         for name in list(self.running):

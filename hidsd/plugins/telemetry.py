@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hidsd.core.aio import wait_timeout
+from hidsd.core.errors import NotPublishable
 from hidsd.plugins import frames
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
 #: always reported, zero or not
 PIPELINE_COUNTERS = ("frames_in", "batches", "records_out", "batches_out", "publish_failures",
                      "spooled_records", "dropped_queue_full", "dropped_rate_limit",
-                     "dropped_spool_full")  # fmt: skip
+                     "dropped_spool_full", "dropped_not_publishable")  # fmt: skip
 
 
 class TokenBucket:
@@ -120,6 +122,8 @@ class PipelineLimits:
     burst: float = 2000.0
     batch_max_records: int = 500
     batch_max_ms: int = 200
+    #: below NATS's max_payload (1 MiB by default) with room for headers
+    batch_max_bytes: int = 768 << 10
     queue_max_records: int = 10_000
     policy: str = "block"  # or "drop"
     spool_max_bytes: int = 64 << 20
@@ -147,7 +151,12 @@ class Pipeline:
         self._wake = asyncio.Event()
         self._ready: deque[Batch] = deque()
         self._space = asyncio.Event()
+        self._carry: bytes | None = None
+        self._parts: list[bytes] = []
         self.last_error = ""
+        self.stop_report: dict[str, int] = {}
+        if len(self.spool):
+            self._wake.set()  # batches left by an earlier run (or a stop) go out first
 
     def set_limits(self, limits: PipelineLimits) -> None:
         """Hot reload of rate, burst, batch sizes and policy (the queue bound stays)."""
@@ -172,13 +181,26 @@ class Pipeline:
 
     async def _batcher(self) -> None:
         while True:
-            first = await self._queue.get()
+            if self._carry is not None:
+                first, self._carry = self._carry, None
+            else:
+                first = await self._queue.get()
             parts: list[bytes] = []
+            self._parts = parts  # visible to save_unsent if we are cancelled mid-batch
+            size = 0
             deadline = time.monotonic() + self.limits.batch_max_ms / 1000
             frame: bytes | None = first
+            carry: bytes | None = None
             while frame is not None:
-                if await self._admit():
+                if parts and size + len(frame) > self.limits.batch_max_bytes:
+                    carry = frame  # starts the next batch
+                    break
+                self._carry = frame  # kept for save_unsent while the rate limit holds it
+                admitted = await self._admit()
+                self._carry = None
+                if admitted:
                     parts.append(frame)
+                    size += len(frame)
                 if len(parts) >= self.limits.batch_max_records:
                     break
                 try:
@@ -188,13 +210,16 @@ class Pipeline:
                     if left <= 0:
                         break
                     try:
-                        frame = await asyncio.wait_for(self._queue.get(), left)
+                        frame = await wait_timeout(self._queue.get(), left)
                     except TimeoutError:
                         break
             while len(self._ready) >= self.max_ready_batches:
                 # the bus is slower than the plugin: stop taking frames (backpressure)
                 self._space.clear()
                 await self._space.wait()
+            if carry is not None:
+                self._carry = carry
+            self._parts = []
             if parts:
                 batch = Batch(self.epoch, self.next_seq, len(parts), b"".join(parts))
                 self.next_seq += len(parts)
@@ -242,10 +267,21 @@ class Pipeline:
             await self.publish(self.subject, batch.body, headers)
         except asyncio.CancelledError:
             raise
+        except NotPublishable as exc:
+            # retrying cannot help: drop it, count it, and let the rest flow
+            self.counters["dropped_not_publishable"] += batch.count
+            self.last_error = exc.message
+            return True
         except Exception as exc:  # NATS down, no stream, timeout: spool and retry
             self.counters["publish_failures"] += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             return False
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # the publish swallowed our cancellation (wait_for on 3.11): honour it; the batch
+            # was stored, and a resend would be de-duplicated anyway
+            self.counters["records_out"] += batch.count
+            raise asyncio.CancelledError
         self.counters["records_out"] += batch.count
         self.counters["batches_out"] += 1
         return True
@@ -259,6 +295,41 @@ class Pipeline:
             else:
                 self.counters["dropped_spool_full"] += batch.count
         self._space.set()
+
+    def save_unsent(self) -> None:
+        """On stop: queued frames and ready batches go to the spool (sent when the plugin runs
+        again), so stopping a plugin loses nothing silently; beyond the bound it is counted."""
+        parts = list(self._parts) + ([self._carry] if self._carry is not None else [])
+        self._parts, self._carry = [], None
+        while True:
+            try:
+                parts.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        saved = dropped = 0
+        batches = list(self._ready)
+        self._ready.clear()
+        chunk: list[bytes] = []
+        size = 0
+        for frame in parts:
+            if chunk and (size + len(frame) > self.limits.batch_max_bytes
+                          or len(chunk) >= self.limits.batch_max_records):  # fmt: skip
+                batches.append(Batch(self.epoch, self.next_seq, len(chunk), b"".join(chunk)))
+                self.next_seq += len(chunk)
+                chunk, size = [], 0
+            chunk.append(frame)
+            size += len(frame)
+        if chunk:
+            batches.append(Batch(self.epoch, self.next_seq, len(chunk), b"".join(chunk)))
+            self.next_seq += len(chunk)
+        for batch in batches:
+            if self.spool.put(batch):
+                saved += batch.count
+            else:
+                dropped += batch.count
+        self.counters["spooled_records"] += saved
+        self.counters["dropped_spool_full"] += dropped
+        self.stop_report = {"saved_to_spool": saved, "dropped_spool_full": dropped}
 
     def kick(self) -> None:
         """Try publishing now (on NATS reconnect)."""
