@@ -45,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from _common import BenchError, etcd_watchers, fmt, ms, warn
 from _config_fleet import GROUP, SHARDS, WorkerConfig, host_id
 from _fleet import OP_SUBJECT, READY_SUBJECT, pack, raise_nofile_limit, unpack
 from nats.aio.msg import Msg
@@ -134,10 +134,6 @@ NOTES = (
 # --------------------------------------------------------------------------- helpers
 
 
-class BenchError(Exception):
-    """The benchmark could not run as specified (a worker died, a phase timed out)."""
-
-
 def split(total: int, parts: int) -> list[int]:
     """`total` as `parts` integers that differ by at most one."""
     base, extra = divmod(total, parts)
@@ -152,35 +148,10 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
 
-def ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
-
-
-def warn(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr, flush=True)
-
-
-def fmt(value: Any, unit: str = "ms") -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.1f} {unit}".rstrip()
-    return f"{value:,} {unit}".rstrip()
-
-
 def tmpfs() -> Path | None:
     """/dev/shm when writable: N agents' files would be on N disks, not on this one."""
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-
-
-def etcd_watchers(endpoint: str) -> int:
-    """etcd's gauge of open watchers (`/metrics` on the client URL)."""
-    with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=2) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith("etcd_debugging_mvcc_watcher_total "):
-                return int(float(line.split()[1]))
-    return 0
 
 
 def machine_info() -> dict[str, Any]:

@@ -51,7 +51,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +58,7 @@ from typing import Any
 
 import msgpack
 import uvloop
+from _common import BenchError, etcd_watchers, fmt, ms, warn
 from _fleet import (
     FLOOR_SUBJECT,
     OP_SUBJECT,
@@ -149,10 +149,6 @@ GC_TEXT = {
 }
 
 
-class BenchError(Exception):
-    """The benchmark could not run as specified (a worker died, a phase timed out)."""
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -171,25 +167,8 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[rank - 1]
 
 
-def warn(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr, flush=True)
-
-
-def ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
-
-
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else round(a / b, 2)
-
-
-def etcd_watchers(endpoint: str) -> int:
-    """etcd's gauge of open watchers (`/metrics` on the client URL)."""
-    with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=2) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith("etcd_debugging_mvcc_watcher_total "):
-                return int(float(line.split()[1]))
-    return 0
 
 
 def default_state_base() -> Path | None:
@@ -909,14 +888,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- output
-
-
-def fmt(value: Any, unit: str = "ms") -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.1f} {unit}".rstrip()
-    return f"{value:,} {unit}".rstrip()
 
 
 def print_summary(r: dict[str, Any]) -> None:
