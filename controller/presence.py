@@ -64,6 +64,7 @@ class AgentRecord:
                 seq=hb.seq,
                 plugins=hb.plugins,
                 config=hb.config,
+                breaker=hb.breaker,
             )
         return d
 

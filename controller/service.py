@@ -256,6 +256,9 @@ class Controller:
         agents = self._agent_view(revisions, time.time())
         online = [a for a in agents if a["liveness"] == "online"]
         by_mode = Counter(a.get("mode", "unknown") for a in online)
+        by_breaker = Counter(a.get("breaker", {}).get("state", "unknown") for a in online)
+        not_normal = {a["host"]: a["breaker"] for a in online
+                      if a.get("breaker", {}).get("state", "normal") != "normal"}  # fmt: skip
         lagging = sorted(a["host"] for a in agents if a["converged"] is False)
         return {
             "agents": len(agents),
@@ -263,6 +266,12 @@ class Controller:
             "offline": len(agents) - len(online),
             "offline_hosts": sorted(a["host"] for a in agents if a["liveness"] == "offline"),
             "by_mode": dict(by_mode),
+            "by_breaker": dict(by_breaker),
+            "breaker_not_normal": {
+                h: {"state": b.get("state"), "reason": b.get("reason"),
+                    "denylist": sorted(b.get("denylist", {}))}
+                for h, b in sorted(not_normal.items())
+            },  # fmt: skip
             "held": sorted(a["host"] for a in agents if a.get("held")),
             "not_converged": lagging,
             "store_ok": revisions is not None,

@@ -53,9 +53,14 @@ class CommandKind(StrEnum):
     PLUGIN_START = "plugin_start"
     PLUGIN_STOP = "plugin_stop"
     PLUGIN_RESTART = "plugin_restart"
+    #: take a plugin off the circuit breaker's denylist (one-off, like restart)
+    PLUGIN_CLEAR = "plugin_clear"
 
 
-PLUGIN_KINDS = (CommandKind.PLUGIN_START, CommandKind.PLUGIN_STOP, CommandKind.PLUGIN_RESTART)
+PLUGIN_KINDS = (CommandKind.PLUGIN_START, CommandKind.PLUGIN_STOP, CommandKind.PLUGIN_RESTART,
+                CommandKind.PLUGIN_CLEAR)  # fmt: skip
+#: plugin commands that are actions, not desired state: never recorded as a plugin's state
+PLUGIN_ACTIONS = (CommandKind.PLUGIN_RESTART, CommandKind.PLUGIN_CLEAR)
 
 
 class RunMode(StrEnum):
@@ -554,6 +559,9 @@ class Heartbeat:
     config: dict[str, Any] = field(default_factory=dict)
     #: per plugin: state, pid, cpu, rss, records, drops (every drop counted), spool
     plugins: dict[str, Any] = field(default_factory=dict)
+    #: the circuit breaker: state, reason, held plugins, denylist, accounting mode (psutil or
+    #: cgroup-v1/v2, and why)
+    breaker: dict[str, Any] = field(default_factory=dict)
 
 
 _HB_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
@@ -603,6 +611,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
             "bye": hb.bye,
             "config": hb.config,
             "plugins": hb.plugins,
+            "breaker": hb.breaker,
         }
     )
 
@@ -644,6 +653,7 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
         bye=values["bye"],
         config=_optional_map(m, "config"),
         plugins=_optional_map(m, "plugins"),
+        breaker=_optional_map(m, "breaker"),
     )
 
 

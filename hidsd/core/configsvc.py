@@ -188,6 +188,15 @@ class ConfigService:
                 except ConfigError as exc:
                     raise Rejected(label, version, exc.message) from exc
                 texts.append((label, cv.content))
+            merged, _ = dynconfig.merge([("bootstrap", self.base), *layers])
+            try:
+                dynconfig.check_effective(merged)
+            except ConfigError as exc:
+                # rules across fields hold for the merge; blame the most specific layer in it
+                label = next((lb for lb, layer in reversed(layers) if "breaker" in layer),
+                             layers[-1][0] if layers else "bootstrap")  # fmt: skip
+                raise Rejected(label, wanted.get(label, (None, ""))[0],
+                               f"merged config: {exc.message}") from exc  # fmt: skip
         except Rejected as rej:
             await self._reject(rej)
             return revision

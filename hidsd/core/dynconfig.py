@@ -43,6 +43,31 @@ DEFAULTS: dict[str, Any] = {
         "spool_max_bytes": 64 << 20,
     },
     "plugins": {},
+    "breaker": {
+        "enabled": True,
+        "interval_s": 2.0,
+        "window_s": 12.0,
+        "grace_s": 60.0,
+        "cpu_throttle_pct": 10.0,
+        "cpu_shed_pct": 25.0,
+        "cpu_trip_pct": 60.0,
+        "mem_throttle_mb": 150.0,
+        "mem_shed_mb": 250.0,
+        "mem_trip_mb": 400.0,
+        "flood_records_per_s": 20000.0,
+        "host_cpu_pressure_pct": 60.0,
+        "host_mem_available_min_pct": 5.0,
+        "throttle_rate_factor": 0.25,
+        "throttle_nice": 10,
+        "cooldown_s": 30.0,
+        "cooldown_max_s": 600.0,
+        "denylist_s": 3600.0,
+        "on_trip": "stop_plugins",
+        "cpu_quota_pct": 30.0,
+        "memory_max_mb": 512,
+        "memory_high_mb": 384,
+        "plugin_memory_max_mb": 256,
+    },
 }
 
 Check = Callable[[str, Any], Any]
@@ -125,6 +150,66 @@ PLUGIN: dict[str, Check] = {
 }
 
 
+def _on_trip(name: str, v: Any) -> str:
+    if v not in ("stop_plugins", "exit"):
+        raise ConfigError(f"{name}: expected 'stop_plugins' (keep the control channel) or "
+                          f"'exit' (a distinct exit code), got {v!r}", field=name)  # fmt: skip
+    return str(v)
+
+
+BREAKER: dict[str, Check] = {
+    "enabled": _bool,
+    "interval_s": _num(0.1, 3600),
+    "window_s": _num(0.1, 86400),
+    "grace_s": _num(0, 86400),
+    "cpu_throttle_pct": _num(0.1, 100_000),
+    "cpu_shed_pct": _num(0.1, 100_000),
+    "cpu_trip_pct": _num(0.1, 100_000),
+    "mem_throttle_mb": _num(1, 1 << 30),
+    "mem_shed_mb": _num(1, 1 << 30),
+    "mem_trip_mb": _num(1, 1 << 30),
+    "flood_records_per_s": _num(1, 1e9),
+    "host_cpu_pressure_pct": _num(0, 100),
+    "host_mem_available_min_pct": _num(0, 100),
+    "throttle_rate_factor": _num(0.001, 1),
+    "throttle_nice": _int(0, 19),
+    "cooldown_s": _num(0, 86400),
+    "cooldown_max_s": _num(0, 7 * 86400),
+    "denylist_s": _num(0, 30 * 86400),
+    "on_trip": _on_trip,
+    "cpu_quota_pct": _num(0, 100_000),
+    "memory_max_mb": _int(0, 1 << 30),
+    "memory_high_mb": _int(0, 1 << 30),
+    "plugin_memory_max_mb": _int(0, 1 << 30),
+}
+_LADDERS = (("cpu_throttle_pct", "cpu_shed_pct", "cpu_trip_pct"),
+            ("mem_throttle_mb", "mem_shed_mb", "mem_trip_mb"))  # fmt: skip
+
+
+def check_effective(effective: dict[str, Any]) -> None:
+    """Rules across fields, checked on the merged config (a layer alone may set one side)."""
+    check_breaker(effective["breaker"])
+
+
+def check_breaker(merged: dict[str, Any], where: str = "breaker") -> None:
+    """Throttle <= shed <= trip, cool-downs ordered, memory.high under memory.max."""
+    for ladder in _LADDERS:
+        values = [merged[k] for k in ladder]
+        if values != sorted(values):
+            raise ConfigError(
+                f"{where}: thresholds must rise: "
+                + " <= ".join(f"{k} ({merged[k]:g})" for k in ladder),
+                field=f"{where}.{ladder[1]}",
+            )
+    if merged["cooldown_s"] > merged["cooldown_max_s"]:
+        raise ConfigError(f"{where}.cooldown_s: larger than cooldown_max_s",
+                          field=f"{where}.cooldown_s")  # fmt: skip
+    high, mx = merged["memory_high_mb"], merged["memory_max_mb"]
+    if high and mx and high > mx:
+        raise ConfigError(f"{where}.memory_high_mb: larger than memory_max_mb ({mx})",
+                          field=f"{where}.memory_high_mb")  # fmt: skip
+
+
 def _unknown(where: str, got: dict[str, Any], known: dict[str, Check] | set[str]) -> None:
     extra = sorted(set(got) - set(known))
     if extra:
@@ -136,7 +221,7 @@ def _unknown(where: str, got: dict[str, Any], known: dict[str, Check] | set[str]
 
 def validate(data: dict[str, Any]) -> dict[str, Any]:
     """Check a parsed config against the schema; returns a normalized copy."""
-    _unknown("", data, {*TOP, "telemetry", "plugins"})
+    _unknown("", data, {*TOP, "telemetry", "plugins", "breaker"})
     out: dict[str, Any] = {}
     for key, check in TOP.items():
         if key in data:
@@ -145,6 +230,10 @@ def validate(data: dict[str, Any]) -> dict[str, Any]:
         tel = _table("telemetry", data["telemetry"])
         _unknown("telemetry", tel, TELEMETRY)
         out["telemetry"] = {k: TELEMETRY[k](f"telemetry.{k}", v) for k, v in tel.items()}
+    if "breaker" in data:
+        br = _table("breaker", data["breaker"])
+        _unknown("breaker", br, BREAKER)
+        out["breaker"] = {k: BREAKER[k](f"breaker.{k}", v) for k, v in br.items()}
     if "plugins" in data:
         plugins = _table("plugins", data["plugins"])
         out["plugins"] = {}

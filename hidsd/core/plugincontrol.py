@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from hidsd.bus.protocol import (
+    PLUGIN_ACTIONS,
     AckStatus,
     Command,
     CommandKind,
@@ -44,8 +45,8 @@ class PluginControl:
         """A bus command; returns the ack decision and whether overrides changed."""
         name = command_plugin(cmd)
         state = self.policy.state
-        if cmd.kind is CommandKind.PLUGIN_RESTART:
-            return Decision(state, False, AckStatus.APPLIED, cmd.id, cmd.rev, "restart"), False
+        if cmd.kind in PLUGIN_ACTIONS:
+            return Decision(state, False, AckStatus.APPLIED, cmd.id, cmd.rev, cmd.kind.value), False
         rev, cmd_id, _ = self.applied.get(name, (0, "", True))
         if cmd.rev == rev and cmd.id == cmd_id:
             return Decision(

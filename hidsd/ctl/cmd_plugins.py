@@ -159,6 +159,19 @@ def plugins_restart(
     _plugin_command(ctx, "restart", name, group, host, wait, as_json)
 
 
+@plugins_app.command("clear")
+def plugins_clear(
+    ctx: typer.Context,
+    name: NameArg,
+    group: GroupOpt = None,
+    host: HostOpt = None,
+    wait: WaitOpt = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Take a plugin off the circuit breaker's denylist (after fixing what tripped it)."""
+    _plugin_command(ctx, "clear", name, group, host, wait, as_json)
+
+
 _SINCE = re.compile(r"^(\d+)([smhd])$")
 
 

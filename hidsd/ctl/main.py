@@ -14,6 +14,7 @@ from rich.table import Table
 
 from hidsd.bus.protocol import (
     FLEET_TARGET,
+    PLUGIN_ACTIONS,
     Ack,
     CommandKind,
     Scope,
@@ -147,20 +148,24 @@ def keys_show(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
 
 
 MODE_STYLE = {"running": "green", "stopped": "bold red", "exiting": "yellow"}
+BREAKER_STYLE = {"normal": "green", "throttled": "yellow", "shedding": "dark_orange",
+                 "tripped": "bold red", "recovering": "cyan"}  # fmt: skip
 
 
 def _agents_table(agents: list[dict[str, Any]]) -> Table:
     t = Table(title=f"{len(agents)} agents")
-    for col in ("host", "liveness", "mode", "groups", "rev", "converged", "last seen"):
+    for col in ("host", "liveness", "mode", "breaker", "groups", "rev", "converged", "last seen"):
         t.add_column(col, no_wrap=col in ("host", "mode", "liveness"))
     for a in agents:
         live = a["liveness"]
         mode = a.get("mode", "?")
         conv = a.get("converged")
+        br = str((a.get("breaker") or {}).get("state", "-"))
         t.add_row(
             a["host"],
             f"[{'green' if live == 'online' else 'red'}]{live}[/]",
             f"[{MODE_STYLE.get(mode, 'white')}]{mode}[/]" + (" (held)" if a.get("held") else ""),
+            f"[{BREAKER_STYLE.get(br, 'white')}]{br}[/]",
             ",".join(a.get("groups", [])),
             str(a.get("applied_rev", "-")),
             "-"
@@ -218,7 +223,29 @@ def agents_show(
     for k, v in sorted(res.get("rejections", {}).items()):
         if v:
             t.add_row(f"rejected.{k}", str(v))
+    _breaker_rows(t, res.get("breaker") or {})
+    events = [e for e in res.get("events", []) if e.get("kind") == "breaker"]
+    for e in events[-5:]:
+        t.add_row("breaker event", f"{_ago(e.get('at'))}: {e.get('old')} -> {e.get('state')}: "
+                  f"{e.get('reason')}")  # fmt: skip
     out.print(t)
+
+
+def _breaker_rows(t: Table, b: dict[str, Any]) -> None:
+    if not b:
+        return
+    state = str(b.get("state", "?"))
+    style = BREAKER_STYLE.get(state, "white")
+    t.add_row("breaker", f"[{style}]{state}[/] for {b.get('since_s', '?')} s"
+              + (f": {b['reason']}" if b.get("reason") else ""))  # fmt: skip
+    acc = b.get("accounting") or {}
+    t.add_row("breaker.accounting", f"{acc.get('mode', '?')} ({acc.get('detail', '')})")
+    if b.get("held"):
+        t.add_row("breaker.held", " ".join(b["held"]))
+    for name, d in sorted((b.get("denylist") or {}).items()):
+        t.add_row(f"breaker.denylist.{name}", f"{d.get('in_s')} s left: {d.get('reason')}")
+    if b.get("limits_error"):
+        t.add_row("breaker.limits_error", f"[red]{b['limits_error']}[/]")
 
 
 # ------------------------------------------------------------------ fleet
@@ -243,6 +270,11 @@ def fleet_status(
     for mode, n in sorted(res["by_mode"].items()):
         t.add_row(f"mode {mode}", f"[{MODE_STYLE.get(mode, 'white')}]{n}[/]")
     t.add_row("emergency holds", " ".join(res["held"]) or "none")
+    for state, n in sorted(res.get("by_breaker", {}).items()):
+        t.add_row(f"breaker {state}", f"[{BREAKER_STYLE.get(state, 'white')}]{n}[/]")
+    for h, b in res.get("breaker_not_normal", {}).items():
+        deny = f" (denylisted: {', '.join(b['denylist'])})" if b.get("denylist") else ""
+        t.add_row(f"  {h}", f"{b.get('state')}: {b.get('reason')}{deny}")
     conv = (
         "unknown (etcd unreachable)"
         if not res["store_ok"]
@@ -280,7 +312,7 @@ def _control(
     if plugin is not None:
         args = {"plugin": plugin}
         desired_key = (
-            None if kind is CommandKind.PLUGIN_RESTART
+            None if kind in PLUGIN_ACTIONS
             else s.keys.plugin_desired(scope, target, plugin)
         )  # fmt: skip
     try:

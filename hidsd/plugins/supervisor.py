@@ -22,7 +22,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import psutil
@@ -35,7 +35,10 @@ from hidsd.core.proc import with_pdeathsig
 from hidsd.plugins import frames
 from hidsd.plugins.telemetry import Pipeline, PipelineLimits, Publish, Spool
 
-BUILTIN = ("inventory", "procmon", "fim", "authlog", "loadgen")
+if TYPE_CHECKING:
+    from hidsd.core.cgroups import ResourceControl
+
+BUILTIN = ("inventory", "procmon", "fim", "authlog", "loadgen", "drill")
 #: always reported, zero or not, so a missing key never hides a count
 RUNNER_COUNTERS = ("starts", "records", "bad_frames", "truncated_frames", "parked",
                    "task_pipe_broken", "runner_errors")  # fmt: skip
@@ -91,6 +94,10 @@ class PluginRunner:
     exits: deque[float] = field(default_factory=lambda: deque(maxlen=32))
     last_exit: str = ""
     proc: asyncio.subprocess.Process | None = None
+    #: the circuit breaker's resource control: puts the plugin in its cgroup
+    resources: ResourceControl | None = None
+    #: niceness while the breaker throttles (0 = normal)
+    nice: int = 0
     _ps: Any = None
     _rng: random.Random = field(default_factory=random.Random)
 
@@ -107,6 +114,17 @@ class PluginRunner:
             await self._send(frames.TaskType.CONFIG, spec.params)
         self.log.info("plugin_reconfigured", params_changed=params_changed,
                       rate_per_s=spec.limits.rate_per_s, policy=spec.limits.policy)  # fmt: skip
+
+    def set_nice(self, nice: int) -> None:
+        """The breaker's throttle: the whole process group gets `nice` (0 = back to normal).
+        Lowering it again needs root (CAP_SYS_NICE); a failure is counted, not fatal."""
+        self.nice = nice
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        try:
+            os.setpriority(os.PRIO_PGRP, self.proc.pid, nice)
+        except OSError:
+            self.counters["renice_failed"] += 1
 
     def restart(self) -> None:
         """Operator restart: also un-parks."""
@@ -160,9 +178,10 @@ class PluginRunner:
     async def _run_once(self) -> None:
         log_path = self.log_dir / f"{self.spec.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        join = self.resources.plugin_join_paths(self.spec.name) if self.resources else []
         with open(log_path, "ab") as errlog:
             self.proc = await asyncio.create_subprocess_exec(
-                *with_pdeathsig(self.spec.argv, os.getpid()),
+                *with_pdeathsig(self.spec.argv, os.getpid(), join),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=errlog,
@@ -171,6 +190,10 @@ class PluginRunner:
         self._ps = None
         self.state = PluginState.RUNNING
         self.counters["starts"] += 1
+        if self.resources is not None:
+            self.resources.plugin_started(self.spec.name, self.proc.pid)
+        if self.nice:
+            self.set_nice(self.nice)
         lim = self.pipeline.limits
         self.log.info("plugin_started", pid=self.proc.pid, rate_per_s=lim.rate_per_s,
                       burst=lim.burst, policy=lim.policy)  # fmt: skip
@@ -291,6 +314,7 @@ class Supervisor:
         data_dir: Path,
         publish: Publish,
         spool_max_bytes: int = 64 << 20,
+        resources: ResourceControl | None = None,
     ) -> None:
         self.host = host
         self.subject_for = subject_for
@@ -302,6 +326,11 @@ class Supervisor:
         self.telemetry: dict[str, Any] = {}
         self.running: dict[str, tuple[PluginRunner, asyncio.Task[None]]] = {}
         self.allowed = True
+        self.resources = resources
+        #: plugins the circuit breaker holds stopped (shed, tripped or denylisted)
+        self.blocked: frozenset[str] = frozenset()
+        self.rate_factor = 1.0
+        self.nice = 0
         self._changed = asyncio.Event()
         self.log: Any = structlog.get_logger("hidsd.plugins").bind(host=host)
 
@@ -339,6 +368,27 @@ class Supervisor:
         self.allowed = allowed
         self._changed.set()
 
+    def set_blocked(self, names: set[str] | frozenset[str]) -> None:
+        """The circuit breaker: these wanted plugins stay stopped until released."""
+        if frozenset(names) != self.blocked:
+            self.blocked = frozenset(names)
+            self._changed.set()
+
+    def set_throttle(self, rate_factor: float, nice: int) -> None:
+        """The circuit breaker's throttle, on every running plugin and on those started later."""
+        if (rate_factor, nice) == (self.rate_factor, self.nice):
+            return
+        self.rate_factor, self.nice = rate_factor, nice
+        for runner, _ in self.running.values():
+            runner.pipeline.set_rate_factor(rate_factor)
+            runner.set_nice(nice)
+
+    def wanted_priorities(self) -> dict[str, int]:
+        """What would run were it not for the breaker (nothing while the kill switch holds)."""
+        if not self.allowed:
+            return {}
+        return {name: spec.priority for name, spec in self.wanted.items()}
+
     def restart(self, name: str) -> bool:
         entry = self.running.get(name)
         if entry is None:
@@ -361,7 +411,11 @@ class Supervisor:
                 await self._stop_all()
 
     async def _reconcile(self, tg: asyncio.TaskGroup) -> None:
-        target = self.wanted if self.allowed else {}
+        target = (
+            {n: spec for n, spec in self.wanted.items() if n not in self.blocked}
+            if self.allowed
+            else {}
+        )
         for name in list(self.running):
             runner, _task = self.running[name]
             if name not in target:
@@ -386,8 +440,10 @@ class Supervisor:
                 publish=self.publish,
                 spool=Spool(self.data_dir / "spool" / name, spec.limits.spool_max_bytes),
                 limits=spec.limits,
+                rate_factor=self.rate_factor,
             )
-            runner = PluginRunner(spec, pipeline, self.data_dir / "plugin-logs")
+            runner = PluginRunner(spec, pipeline, self.data_dir / "plugin-logs",
+                                  resources=self.resources, nice=self.nice)  # fmt: skip
             self.running[name] = (runner, tg.create_task(runner.run(), name=f"plugin:{name}"))
 
     async def _stop(self, name: str) -> None:
@@ -400,6 +456,8 @@ class Supervisor:
                 break
             self.log.warning("plugin_stop_slow", plugin=name)  # cancel again: bounded stop
         runner.pipeline.save_unsent()
+        if self.resources is not None:
+            self.resources.plugin_stopped(name)
         self.log.info("plugin_stopped", plugin=name, **runner.pipeline.stop_report)
 
     async def _stop_all(self) -> None:

@@ -144,10 +144,12 @@ class Pipeline:
     #: sequences restart at 1 with each pipeline; the epoch keeps message ids unique
     epoch: int = field(default_factory=time.time_ns)
     max_ready_batches: int = 64
+    #: the circuit breaker's throttle (1.0 = the configured rate)
+    rate_factor: float = 1.0
 
     def __post_init__(self) -> None:
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(self.limits.queue_max_records)
-        self._bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst)
+        self._bucket = TokenBucket(self.limits.rate_per_s * self.rate_factor, self.limits.burst)
         self._wake = asyncio.Event()
         self._ready: deque[Batch] = deque()
         self._space = asyncio.Event()
@@ -161,7 +163,14 @@ class Pipeline:
     def set_limits(self, limits: PipelineLimits) -> None:
         """Hot reload of rate, burst, batch sizes and policy (the queue bound stays)."""
         self.limits = limits
-        self._bucket.rate, self._bucket.burst = limits.rate_per_s, limits.burst
+        self._bucket.rate = limits.rate_per_s * self.rate_factor
+        self._bucket.burst = limits.burst
+
+    def set_rate_factor(self, factor: float) -> None:
+        """The circuit breaker's throttle: a fraction of the configured rate (1.0 = all)."""
+        self.rate_factor = factor
+        self._bucket.rate = self.limits.rate_per_s * factor
+        self._bucket.tokens = min(self._bucket.tokens, self._bucket.burst * factor)
 
     async def offer(self, frame: bytes) -> None:
         """From the pipe reader. With `block`, waits when the queue is full (backpressure)."""

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from hidsd.core import dynconfig
-from hidsd.core.dynconfig import DEFAULTS, digest, fingerprint, merge, parse, validate
+from hidsd.core.dynconfig import (
+    DEFAULTS,
+    check_effective,
+    digest,
+    fingerprint,
+    merge,
+    parse,
+    validate,
+)
 from hidsd.core.errors import ConfigError
 
 
@@ -550,7 +558,41 @@ def test_merge_sources_cover_every_leaf() -> None:
         "plugins.a.params": "fleet",
         "plugins.a.priority": "host:h",
         "plugins.b.enabled": "group:g",
+        **{f"breaker.{k}": "default" for k in DEFAULTS["breaker"]},
     }
+
+
+def test_breaker_table_validates_each_field() -> None:
+    got = parse("[breaker]\ncpu_shed_pct = 30\non_trip = \"exit\"\nthrottle_nice = 5")
+    assert got["breaker"] == {"cpu_shed_pct": 30.0, "on_trip": "exit", "throttle_nice": 5}
+    for text, field in [
+        ("[breaker]\nenabled = 1", "breaker.enabled"),
+        ("[breaker]\non_trip = \"reboot\"", "breaker.on_trip"),
+        ("[breaker]\nthrottle_rate_factor = 0", "breaker.throttle_rate_factor"),
+        ("[breaker]\nthrottle_nice = 20", "breaker.throttle_nice"),
+        ("[breaker]\ncpu_trip = 5", "breaker.cpu_trip"),
+        ("breaker = 3", "breaker"),
+    ]:
+        with pytest.raises(ConfigError) as exc:
+            parse(text)
+        assert exc.value.fields["field"] == field, text
+
+
+def test_breaker_cross_field_rules_apply_to_the_merge() -> None:
+    # a host layer alone may lower one threshold if the fleet layer lowered the others
+    fleet = parse("[breaker]\ncpu_throttle_pct = 2\ncpu_shed_pct = 3\ncpu_trip_pct = 4")
+    eff, _ = merge([("fleet", fleet), ("host:h", parse("[breaker]\ncpu_trip_pct = 5"))])
+    check_effective(eff)
+    eff, _ = merge([("host:h", parse("[breaker]\ncpu_trip_pct = 5"))])
+    with pytest.raises(ConfigError, match="thresholds must rise") as exc:
+        check_effective(eff)
+    assert exc.value.fields["field"] == "breaker.cpu_shed_pct"
+    eff, _ = merge([("f", parse("[breaker]\nmemory_high_mb = 600\nmemory_max_mb = 500"))])
+    with pytest.raises(ConfigError, match="memory_high_mb"):
+        check_effective(eff)
+    eff, _ = merge([("f", parse("[breaker]\ncooldown_s = 700"))])
+    with pytest.raises(ConfigError, match="cooldown_s"):
+        check_effective(eff)
 
 
 def test_merge_layer_equal_to_default_still_credits_the_layer() -> None:

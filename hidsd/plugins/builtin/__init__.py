@@ -10,6 +10,7 @@ task right after start and reads record frames from its stdout (`hidsd.plugins.f
 | `fim`       | FIM_BASELINE, FIM_CHANGE                   | inotify + SHA-256              |
 | `authlog`   | SSH_ACCEPTED, SSH_FAILED, SSH_INVALID_USER | auth.log / secure, followed    |
 | `loadgen`   | LOADGEN                                    | synthetic (benchmarks, drills) |
+| `drill`     | STATUS                                     | burns CPU or leaks memory      |
 
 Every built-in also emits ERROR (something it could not read; reported once until it recovers,
 so a broken file cannot flood the fleet) and STATUS (ready, reconfigured; authlog: following a
@@ -48,6 +49,8 @@ class DataType(IntEnum):
 
     ERROR = 1  # {plugin, op, path, error, errno}: could not read something; plugin goes on
     STATUS = 2  # {plugin, event, ...}: "ready" after setup, "reconfigured", "following" (authlog)
+    # the agent itself (subject tel.<host>.agent): {kind: "breaker", old, state, reason, ...}
+    AGENT_EVENT = 3
     # inventory: full snapshots, chunked ({snapshot_id, chunk, chunks, total, <items>})
     PACKAGES = 100  # packages: [{name, version, architecture, source, source_version, ecosystem}]
     PORTS = 101  # ports: [{proto, ip, port, pid, process}] (TCP listening, UDP bound)
