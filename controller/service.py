@@ -257,8 +257,15 @@ class Controller:
         online = [a for a in agents if a["liveness"] == "online"]
         by_mode = Counter(a.get("mode", "unknown") for a in online)
         by_breaker = Counter(a.get("breaker", {}).get("state", "unknown") for a in online)
-        not_normal = {a["host"]: a["breaker"] for a in online
-                      if a.get("breaker", {}).get("state", "normal") != "normal"}  # fmt: skip
+        breaker_not_normal = {
+            a["host"]: {
+                "state": a["breaker"].get("state"),
+                "reason": a["breaker"].get("reason"),
+                "denylist": sorted(a["breaker"].get("denylist", {})),
+            }
+            for a in online
+            if a.get("breaker", {}).get("state", "normal") != "normal"
+        }
         lagging = sorted(a["host"] for a in agents if a["converged"] is False)
         return {
             "agents": len(agents),
@@ -267,11 +274,7 @@ class Controller:
             "offline_hosts": sorted(a["host"] for a in agents if a["liveness"] == "offline"),
             "by_mode": dict(by_mode),
             "by_breaker": dict(by_breaker),
-            "breaker_not_normal": {
-                h: {"state": b.get("state"), "reason": b.get("reason"),
-                    "denylist": sorted(b.get("denylist", {}))}
-                for h, b in sorted(not_normal.items())
-            },  # fmt: skip
+            "breaker_not_normal": breaker_not_normal,
             "held": sorted(a["host"] for a in agents if a.get("held")),
             "not_converged": lagging,
             "store_ok": revisions is not None,

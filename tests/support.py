@@ -22,7 +22,15 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import Ack, Heartbeat, KeyLayout, Subjects, decode_ack, decode_heartbeat
+from hidsd.bus.protocol import (
+    Ack,
+    Heartbeat,
+    KeyLayout,
+    Subjects,
+    decode_ack,
+    decode_event,
+    decode_heartbeat,
+)
 from hidsd.bus.signing import OperatorKey, encode_public_key
 from hidsd.core.errors import ProtocolError
 from hidsd.core.proc import with_pdeathsig
@@ -76,6 +84,7 @@ class Observer:
     nc: Any = None
     heartbeats: dict[str, Heartbeat] = field(default_factory=dict)
     acks: list[Ack] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
     garbage: int = 0
 
     async def start(self, url: str) -> Observer:
@@ -95,7 +104,14 @@ class Observer:
             except ProtocolError:
                 self.garbage += 1
 
+        async def on_event(msg: Msg) -> None:
+            try:
+                self.events.append(decode_event(msg.data))
+            except ProtocolError:
+                self.garbage += 1
+
         await self.nc.subscribe(self.subjects.heartbeat_all(), cb=on_hb)
+        await self.nc.subscribe(self.subjects.event_all(), cb=on_event)
         await self.nc.subscribe(self.subjects.ack_all(), cb=on_ack)
         await asyncio.sleep(0)
         await self.nc.flush()
@@ -210,6 +226,8 @@ class Stack:
             "resync_s": 30.0,
             "log_format": "json",
             "log_level": "debug",
+            # tests share one machine: only the breaker's cgroup tests ask for cgroups
+            "cgroups": "off",
             **extra,
         }
         lines = []

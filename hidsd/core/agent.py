@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import structlog
 
 from hidsd import __version__
@@ -35,6 +36,8 @@ from hidsd.bus.signing import TrustStore
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.core.aio import wait_timeout
+from hidsd.core.breaker import Transition
+from hidsd.core.breakersvc import EXIT_TRIPPED, BreakerService
 from hidsd.core.commands import CommandService
 from hidsd.core.configsvc import ConfigService
 from hidsd.core.control import ControlPolicy, ControlState, Decision
@@ -136,6 +139,7 @@ class HeartbeatService:
             bye=bye,
             config=a.config.report(),
             plugins=a.supervisor.stats(),
+            breaker=a.breaker.report(),
         )
 
     async def send(self, bye: bool = False) -> None:
@@ -214,6 +218,13 @@ class Agent:
             self._publish_telemetry,
         )
         self.supervisor.set_allowed(self.gate.running)
+        self.breaker = BreakerService(
+            self.supervisor, settings.data_dir, settings.cgroups, settings.cgroup_name,
+            self._on_breaker_event, self._on_breaker_exit,
+        )  # fmt: skip
+        self.exit_code = 0
+        self._events_seq = 0
+        self._events_epoch = time.time_ns()
         self.config = ConfigService(
             self.store, self.keys, settings.host_id, settings.groups, settings.data_dir,
             base={"log_level": settings.log_level, "heartbeat_s": settings.heartbeat_s,
@@ -262,6 +273,10 @@ class Agent:
     def _on_plugin_command(self, cmd: Command) -> Decision:
         decision, changed = self.plugin_control.apply_command(cmd)
         name = command_plugin(cmd)
+        if cmd.kind is CommandKind.PLUGIN_CLEAR:
+            if self.breaker.clear(name):
+                return replace(decision, detail=f"{name} cleared from the breaker's denylist")
+            return replace(decision, detail=f"{name} was not denylisted")
         if cmd.kind is CommandKind.PLUGIN_RESTART:
             if not self.supervisor.restart(name):
                 return replace(
@@ -300,6 +315,7 @@ class Agent:
         self.convergence.resync_s = float(effective["resync_s"])
         self.dynamic = effective
         self.supervisor.configure(effective.get("plugins", {}), effective["telemetry"])
+        self.breaker.configure(effective["breaker"])
         self.log.info("config_hot_reloaded", log_level=level, heartbeat_s=self.heartbeat_s,
                       resync_s=self.convergence.resync_s)  # fmt: skip
         if hasattr(self, "heartbeat"):
@@ -309,6 +325,27 @@ class Agent:
         if not self.bus.connected:
             raise BusUnavailable("NATS is not connected")
         await self.bus.js_publish(subject, body, headers)
+
+    async def _on_breaker_event(self, t: Transition) -> None:
+        """A breaker state change: an operator event, a durable telemetry record, a heartbeat."""
+        event = t.to_event()
+        await self._publish_event(event)
+        if self.bus.connected:
+            from hidsd.plugins import frames
+            from hidsd.plugins.builtin import DataType
+
+            self._events_seq += 1
+            body = frames.frame(DataType.AGENT_EVENT, msgpack.packb(event), time.time_ns())
+            headers = frames.batch_headers(self.settings.host_id, "agent", self._events_epoch,
+                                           self._events_seq, 1)  # fmt: skip
+            await self.bus.js_publish(
+                self.subjects.telemetry(self.settings.host_id, "agent"), body, headers
+            )
+
+    def _on_breaker_exit(self, reason: str) -> None:
+        self.log.error("breaker_exit", reason=reason, exit_code=EXIT_TRIPPED)
+        self.exit_code = EXIT_TRIPPED
+        self.should_exit.set()
 
     async def _publish_event(self, event: dict[str, Any]) -> None:
         if self.bus.connected:
@@ -342,6 +379,7 @@ class Agent:
     async def run(self) -> int:
         """Run until `should_exit`; returns the process exit code."""
         await self.store.open()
+        self.breaker.setup()
         self.log.info("starting", version=__version__, groups=list(self.settings.groups),
                       mode=self.mode.value, servers=list(self.settings.nats.servers))  # fmt: skip
         try:
@@ -351,6 +389,7 @@ class Agent:
                     tg.create_task(self.config.run(), name="config"),
                     tg.create_task(self.supervisor.run(), name="plugins"),
                     tg.create_task(self.plugin_state.run(), name="plugin-state"),
+                    tg.create_task(self.breaker.run(), name="breaker"),
                     tg.create_task(self._bus_service(), name="bus"),
                 ]
                 self.log.info("running", mode=self.mode.value)
@@ -361,9 +400,10 @@ class Agent:
                 for t in tasks:
                     t.cancel()
         finally:
+            self.breaker.teardown()  # plugins are stopped by now
             await self._close()
-        self.log.info("stopped")
-        return 0
+        self.log.info("stopped", exit_code=self.exit_code)
+        return self.exit_code
 
     async def _graceful(self) -> None:
         """Say goodbye so the controller marks us offline at once; bounded by the deadline.

@@ -161,8 +161,8 @@ def assess(cfg: BreakerConfig, s: Sample) -> Assessment:
         found.append(Assessment(1, Resource.HOST_CPU, _top(s.plugins, "cpu_pct"),
                                 f"host CPU pressure {s.host_cpu_pressure_pct:.0f}%"))  # fmt: skip
     if s.host_mem_available_pct < cfg.host_mem_available_min_pct:
-        found.append(Assessment(1, Resource.HOST_MEMORY, _top(s.plugins, "mem_bytes"),
-                                f"host memory available {s.host_mem_available_pct:.1f}%"))  # fmt: skip
+        avail = f"host memory available {s.host_mem_available_pct:.1f}%"
+        found.append(Assessment(1, Resource.HOST_MEMORY, _top(s.plugins, "mem_bytes"), avail))
     if not found:
         return Assessment(0)
     return max(found, key=lambda a: a.level)  # first of the worst: own use before the host's
@@ -229,7 +229,8 @@ class Breaker:
         return out
 
     def cooldown_s(self) -> float:
-        return min(self.cfg.cooldown_max_s, self.cfg.cooldown_s * 2 ** max(0, self.strikes - 1))
+        doubled = self.cfg.cooldown_s * float(2 ** max(0, self.strikes - 1))
+        return min(self.cfg.cooldown_max_s, doubled)
 
     def report(self, now: float, wall: float) -> dict[str, Any]:
         return {
@@ -240,8 +241,10 @@ class Breaker:
             "resource": self.last.resource.value if self.last.resource else None,
             "held": sorted(self.held) if not self.hold_all else ["*", *sorted(self.restored)],
             "hold_all": self.hold_all,
-            "denylist": {n: {"until": u, "in_s": round(max(0.0, u - wall)), "reason": r}
-                         for n, (u, r) in sorted(self.denylist.items())},  # fmt: skip
+            "denylist": {
+                n: {"until": u, "in_s": round(max(0.0, u - wall)), "reason": r}
+                for n, (u, r) in sorted(self.denylist.items())
+            },
             "strikes": self.strikes,
             "transitions": self.transitions,
             "enabled": self.cfg.enabled,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,10 +63,17 @@ class AgentSettings:
     shutdown_timeout_s: float = 5.0
     log_level: str = "info"
     log_format: str = "auto"
+    #: the circuit breaker's resource control: "auto" (cgroup v2, else v1, else psutil
+    #: accounting), "cgroup-v1"/"cgroup-v2" (that one; if it cannot be set up the agent still
+    #: runs, on psutil accounting, and says so), or "off" (psutil, no kernel limits)
+    cgroups: str = "auto"
+    #: our cgroup subtree's name, under the agent's own cgroup (a systemd unit's, or root's)
+    cgroup_name: str = "hidsd"
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "json", "console")
+_CGROUP_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 
 class _Reader:
@@ -161,6 +169,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         "HIDSD_DATA_DIR": (raw, "data_dir", False),
         "HIDSD_LOG_LEVEL": (raw, "log_level", False),
         "HIDSD_LOG_FORMAT": (raw, "log_format", False),
+        "HIDSD_CGROUPS": (raw, "cgroups", False),
         "HIDSD_TRUSTED_KEYS": (raw, "trusted_keys", True),
         "HIDSD_NATS_SERVERS": (nats, "servers", True),
         "HIDSD_NATS_USER": (nats, "user", False),
@@ -204,7 +213,7 @@ def load_agent_settings(
         {
             "host_id", "groups", "nats", "etcd", "trusted_keys", "data_dir", "subject_prefix",
             "key_prefix", "heartbeat_s", "resync_s", "watch", "max_command_bytes",
-            "shutdown_timeout_s", "log_level", "log_format",
+            "shutdown_timeout_s", "log_level", "log_format", "cgroups", "cgroup_name",
         }
     )  # fmt: skip
 
@@ -277,6 +286,20 @@ def load_agent_settings(
             f"setting 'log_format': expected one of {', '.join(_LOG_FORMATS)}",
             field="log_format",
         )
+    cgroups = (r.get_str("cgroups", "auto") or "auto").lower()
+    if cgroups not in ("auto", "off", "cgroup-v1", "cgroup-v2"):
+        raise ConfigError(
+            f"setting 'cgroups': expected 'auto' (cgroup v2, else v1, else psutil accounting), "
+            f"'cgroup-v1' or 'cgroup-v2' (that one only), or 'off' (psutil accounting, no "
+            f"kernel limits), got {cgroups!r}",
+            field="cgroups",
+        )
+    cgroup_name = r.get_str("cgroup_name", "hidsd") or "hidsd"
+    if not _CGROUP_NAME_RE.fullmatch(cgroup_name):
+        raise ConfigError(
+            "setting 'cgroup_name': letters, digits, '.', '-' or '_' (one path component)",
+            field="cgroup_name",
+        )
     prefix = r.get_str("subject_prefix", DEFAULT_SUBJECT_PREFIX) or DEFAULT_SUBJECT_PREFIX
     key_prefix = r.get_str("key_prefix", DEFAULT_KEY_PREFIX) or DEFAULT_KEY_PREFIX
     if not key_prefix.startswith("/") or not key_prefix.endswith("/"):
@@ -292,6 +315,8 @@ def load_agent_settings(
         key_prefix=key_prefix,
         heartbeat_s=r.get_num("heartbeat_s", 10.0),
         resync_s=r.get_num("resync_s", 60.0),
+        cgroups=cgroups,
+        cgroup_name=cgroup_name,
         watch=r.get_bool("watch", True),
         max_command_bytes=r.get_int("max_command_bytes", MAX_COMMAND_BYTES, 256),
         shutdown_timeout_s=r.get_num("shutdown_timeout_s", 5.0),

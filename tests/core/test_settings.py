@@ -395,3 +395,15 @@ def test_env_bad_group_and_bad_key(tmp_path: Path) -> None:
 def test_env_bad_log_level(tmp_path: Path) -> None:
     err = config_error(tmp_path, BASE, env={"HIDSD_LOG_LEVEL": "loud"})
     assert err.fields["field"] == "log_level"
+
+
+def test_cgroup_settings(tmp_path: Path) -> None:
+    s = load(tmp_path, BASE)
+    assert (s.cgroups, s.cgroup_name) == ("auto", "hidsd")
+    s = load(tmp_path, BASE + 'cgroups = "OFF"\ncgroup_name = "hidsd-2.a"\n')
+    assert (s.cgroups, s.cgroup_name) == ("off", "hidsd-2.a")
+    assert load(tmp_path, BASE, env={"HIDSD_CGROUPS": "cgroup-v1"}).cgroups == "cgroup-v1"
+    assert config_error(tmp_path, BASE + 'cgroups = "v3"\n').fields["field"] == "cgroups"
+    for bad in ("../escape", "a/b", ".hidden"):
+        err = config_error(tmp_path, BASE + f"cgroup_name = {bad!r}\n".replace("'", '"'))
+        assert err.fields["field"] == "cgroup_name", bad
