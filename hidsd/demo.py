@@ -38,6 +38,8 @@ def _agent_config(work: Path, host: str, groups: list[str], pub: str, nats: str,
         + f'trusted_keys = ["{pub}"]\n'
         f'data_dir = "{work / ("data-" + host)}"\n'
         'heartbeat_s = 1.0\nresync_s = 15.0\nlog_format = "json"\n'
+        # its own cgroup subtree per demo agent (when root; else psutil accounting)
+        f'cgroup_name = "{work.name}-{host}"\n'
         f'[nats]\nservers = ["{nats}"]\n'
         f'[etcd]\nendpoints = ["{etcd[0]}"]\nuser = "{etcd_creds[0]}"\n'
         f'password = "{etcd_creds[1]}"\n'
@@ -75,6 +77,47 @@ def _wait_online(env: dict[str, str], n: int, timeout: float = 30.0) -> None:
                 return
         time.sleep(0.3)
     raise SystemExit(f"demo: agents did not come online within {timeout:.0f}s")
+
+
+DRILL = """\
+[breaker]
+interval_s = 0.5
+window_s = 2.0
+grace_s = 0.0
+cooldown_s = 2.0
+cooldown_max_s = 8.0
+cpu_throttle_pct = 30.0
+cpu_shed_pct = 60.0
+cpu_trip_pct = 100000.0
+host_cpu_pressure_pct = 100.0
+
+[plugins.drill]
+enabled = true
+priority = 1
+params = { mode = "burn" }
+"""
+
+
+def _breaker_drill(env: dict[str, str], work: Path) -> int:
+    """A plugin burning a core on one host: throttled, shed, restored (half-open), caught
+    again and denylisted, back to normal; the other plugins keep running."""
+    console.print(Rule("7. circuit breaker drill (E5)"))
+    drill_file = work / "drill.toml"
+    drill_file.write_text(DRILL)
+    rc = _hidsctl(env, "config", "set", str(drill_file), "--scope", "host:demo-db-1",
+                  "-m", "breaker drill: a plugin that burns a core")  # fmt: skip
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        b = _hidsctl_json(env, "agents", "show", "demo-db-1").get("breaker", {})
+        if b.get("state") == "normal" and "drill" in b.get("denylist", {}):
+            break
+        time.sleep(0.5)
+    else:
+        console.print("[red]the breaker did not finish the drill in 45 s[/]")
+        rc = rc or 1
+    _hidsctl(env, "agents", "show", "demo-db-1")
+    _hidsctl(env, "fleet", "status")
+    return rc
 
 
 def main() -> int:
@@ -172,7 +215,9 @@ def main() -> int:
         _hidsctl(env, "plugins", "status")
         _hidsctl(env, "events", "tail", "--plugin", "procmon", "--since", "1m", "--count", "3",
                  "--idle-exit", "5")  # fmt: skip
-        code = 0 if stop_rc == 0 and resume_rc == 0 and set_rc == 0 and plug_rc == 0 else 1
+        drill_rc = _breaker_drill(env, work)
+        rcs = (stop_rc, resume_rc, set_rc, plug_rc, drill_rc)
+        code = 0 if all(rc == 0 for rc in rcs) else 1
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted: tearing down[/]")
         code = 130
