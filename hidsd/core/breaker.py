@@ -61,9 +61,9 @@ class BreakerConfig:
     cpu_throttle_pct: float = 10.0
     cpu_shed_pct: float = 25.0
     cpu_trip_pct: float = 60.0
-    mem_throttle_mb: float = 150.0
-    mem_shed_mb: float = 250.0
-    mem_trip_mb: float = 400.0
+    mem_throttle_mb: float = 300.0
+    mem_shed_mb: float = 400.0
+    mem_trip_mb: float = 500.0
     #: records per second one plugin writes to the agent
     flood_records_per_s: float = 20_000.0
     host_cpu_pressure_pct: float = 60.0

@@ -96,9 +96,9 @@ class Limits:
     #: hard cap for all plugins together (<root>/plugins), percent of one core
     cpu_quota_pct: float = 30.0
     #: hard cap for agent + plugins (<root>); swap included, so it really caps
-    memory_max_mb: int = 512
+    memory_max_mb: int = 640
     #: v2 memory.high on <root> (reclaim and slow down above it); v1 memory.soft_limit_in_bytes
-    memory_high_mb: int = 384
+    memory_high_mb: int = 512
     #: per-plugin hard cap (<root>/plugins/<name>): the kernel OOM-kills the plugin, not the agent
     plugin_memory_max_mb: int = 256
 

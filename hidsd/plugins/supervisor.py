@@ -298,6 +298,8 @@ class PluginRunner:
             "cpu_pct": round(cpu, 2),
             "rss_bytes": rss,
             "last_exit": self.last_exit,
+            "nice": self.nice,
+            "rate_factor": self.pipeline.rate_factor,
             **{k: self.counters.get(k, 0) for k in RUNNER_COUNTERS},
             **dict(self.counters),
             **{f"tel.{k}": v for k, v in self.pipeline.stats().items()},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -89,7 +90,7 @@ async def test_cpu_burner_throttled_shed_denylisted_then_normal(stack: Stack) ->
                                             ["throttled", "shedding", "recovering", "shedding",
                                              "normal"]), 60, "the whole ladder")  # fmt: skip
         b = breaker(obs, "br-cpu")
-        assert b["accounting"]["mode"] == "psutil"
+        assert b["accounting"] == {"mode": "psutil", "detail": "cgroups off by config"}
         await wait_for(lambda: breaker(obs, "br-cpu").get("state") == "normal", 10)
         b = breaker(obs, "br-cpu")
         assert "drill" in b["denylist"] and "breached again" in b["denylist"]["drill"]["reason"]
@@ -114,6 +115,15 @@ async def test_cpu_burner_throttled_shed_denylisted_then_normal(stack: Stack) ->
         await wait_for(lambda: plugin(obs, "br-cpu", "drill").get("state") == "running", 15,
                        "drill running again after clear")  # fmt: skip
         assert "drill" not in breaker(obs, "br-cpu")["denylist"]
+
+        # each state change is also a durable record in the telemetry stream
+        code, out, err = await stack.hidsctl("events", "tail", "--host", "br-cpu", "--plugin",
+                                             "agent", "--since", "5m", "--count", "5",
+                                             "--idle-exit", "3", "--json")  # fmt: skip
+        assert code == 0, err
+        recs = [json.loads(line) for line in out.splitlines() if line.strip()]
+        assert [r["record"]["state"] for r in recs][:2] == ["throttled", "shedding"], recs
+        assert recs[0]["type"] == 3 and recs[0]["record"]["offender"] == "drill"
     finally:
         await obs.close()
 
@@ -296,6 +306,13 @@ async def test_cgroup_cpu_burner_capped_and_shed_business_keeps_its_share(
         d1, b1 = sum(drill.cpu_times()[:2]), _cpu_s(pids)
         d_share = (d1 - d0) / (time.monotonic() - t0)
         assert d_share < 0.3, f"the kernel quota (20 %) let the plugin use {d_share:.0%}"
+        # throttled first: the plugin is reniced, its CPU weight and telemetry rate cut
+        await wait_for(lambda: breaker(obs, "br-cg-cpu").get("state") == "throttled", 20)
+        await wait_for(lambda: plugin(obs, "br-cg-cpu", "drill").get("nice") == 10, 5)
+        assert plugin(obs, "br-cg-cpu", "drill")["rate_factor"] == 0.25
+        assert drill.nice() == 10
+        shares = [d / "plugins" / "drill" / "cpu.shares" for d in _cgroup_dirs(cgroup_name)]
+        assert [p.read_text().strip() for p in shares if p.exists()] == ["102"]
         await wait_for(lambda: "shedding" in states(obs, "br-cg-cpu"), 30, "drill shed")
         await wait_for(lambda: not drill.is_running(), 10, "drill stopped")
         for e in obs.events:
@@ -313,4 +330,27 @@ async def test_cgroup_cpu_burner_capped_and_shed_business_keeps_its_share(
         for p in business:
             p.send_signal(signal.SIGKILL)
             p.wait()
+        await obs.close()
+
+
+async def test_cgroups_that_cannot_be_set_up_fall_back_to_psutil_and_say_so(stack: Stack) -> None:
+    """Asked for a cgroup version the host cannot give (v2 has no cpu/memory controllers on a
+    v1 machine; or not root): the agent runs on psutil accounting and the heartbeat says why."""
+    from hidsd.core.cgroups import Accounting, open_resource_control
+
+    try:
+        if open_resource_control("cgroup-v2", f"hidsd-test-{secrets.token_hex(3)}").mode is (
+            Accounting.CGROUP_V2
+        ):
+            pytest.skip("this host has a usable cgroup v2: nothing to fall back from")
+    except Exception:
+        pass
+    await stack.start_agent("br-fallback", [], cgroups="cgroup-v2", cgroup_name="hidsd-test-fb")
+    obs = await stack.observer()
+    try:
+        await wait_for(lambda: breaker(obs, "br-fallback"), 20, "a heartbeat")
+        acc = breaker(obs, "br-fallback")["accounting"]
+        assert acc["mode"] == "psutil"
+        assert acc["detail"].startswith("cgroup setup failed, psutil accounting: "), acc
+    finally:
         await obs.close()
