@@ -6,6 +6,12 @@ through `univers` rather than code of our own. A range is checked against the in
 string as agents report it: "EPOCH:VERSION-RELEASE" for rpm, dpkg's own string for deb.
 
 Only hidsctl and the controller import this module; the agent never needs univers.
+
+univers 32.0.1 quirks met here: apk versions follow Gentoo's suffixes, so Alpine's `_git`,
+`_svn`, `_cvs` and `_hg` do not parse (check() answers None: "cannot compare", counted by the
+caller); an rpm bound without a release (`<=1.0.2k`) sorts below every release of that version,
+where rpm's dependency matching would ignore the missing release; and `validate=True` hashes
+versions, which apk's cannot be, so the vers rules are checked in `_compile` instead.
 """
 
 from __future__ import annotations
@@ -178,7 +184,8 @@ class AffectedRange:
         """
         if self.distro is None or not os_id:
             return True
-        ids = _DISTRO_OS_IDS.get(self.distro, (self.distro,))
+        distro = self.distro.lower()
+        ids = _DISTRO_OS_IDS.get(distro, (distro,))
         if os_id.lower() not in ids:
             return False
         if self.release is None or not os_version:

@@ -87,6 +87,14 @@ def test_an_unparsable_installed_version_cannot_be_compared() -> None:
     assert parse_vers("vers:rpm/<1.0", "p").check("") is None
 
 
+def test_univers_rpm_release_quirk() -> None:
+    """A bound without a release sorts below every release of its version in univers (rpm's
+    dependency matching would ignore the missing release). Advisories give full EVRs; this
+    pins the behaviour so that an upgrade changing it is noticed."""
+    assert not parse_vers("vers:rpm/<=1.0.2k", "p").contains("1.0.2k-8")
+    assert parse_vers("vers:rpm/>1.0.2k", "p").contains("1.0.2k-8")
+
+
 # ------------------------------------------------------------------ parse_vers
 
 
@@ -169,6 +177,7 @@ def test_ranges_travel_as_plain_fields() -> None:
         ("opensuse", None, "opensuse-tumbleweed", "20240101", True),
         ("openeuler", "22.03", "openEuler", "22.03", True),
         ("mydistro", None, "mydistro", "1", True),
+        ("Debian", "11", "debian", "11", True),  # as a hand-written wire request may say
     ],
 )
 def test_distro_and_release_scope(
