@@ -242,7 +242,10 @@ class InventoryIndex:
         return int.from_bytes(bits, "little")
 
     def evaluate(
-        self, ranges: Sequence[AffectedRange], hosts: Collection[str] | None = None
+        self,
+        ranges: Sequence[AffectedRange],
+        hosts: Collection[str] | None = None,
+        uncomparable: dict[str, list[tuple[str, str]]] | None = None,
     ) -> tuple[dict[str, list[Match]], dict[str, int]]:
         """Which hosts run a version inside any of `ranges`, and counters.
 
@@ -252,7 +255,8 @@ class InventoryIndex:
         anyway: a false match is checked in a minute, a missed one is a breach. A host version
         univers cannot parse is not a match: it is counted (uncomparable_*) so that the
         operator does not take those hosts for clean. A host/package/version inside several
-        ranges is one Match, for the first such range.
+        ranges is one Match, for the first such range. `uncomparable`, if given, gets
+        host -> [(package, version)] for those hosts.
         """
         scope = None if hosts is None else self._mask(
             s for s in (self._slot_of.get(h) for h in hosts) if s is not None
@@ -293,6 +297,11 @@ class InventoryIndex:
                 if hit is None:
                     uncomparable_versions.add((rng.ecosystem, rng.package, version))
                     uncomparable_hosts.update(_slots(mask))
+                    if uncomparable is not None:
+                        for slot in _slots(mask):
+                            host = self._hosts[slot]
+                            assert host is not None
+                            uncomparable.setdefault(host, []).append((rng.package, version))
                     continue
                 for slot in _slots(mask):
                     if (slot, tid) in seen:

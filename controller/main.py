@@ -52,7 +52,21 @@ def load_settings(args: argparse.Namespace) -> ControllerSettings:
         raise ConfigError(
             "offline_timeout_factor: expected a number > 1", field="offline_timeout_factor"
         )
+    def size(var: str, key: str, default: int) -> int:
+        v = env.get(var, raw.get(key, default))
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            n = -1
+        if n <= 0:
+            raise ConfigError(f"{key}: expected a positive number of bytes, got {v!r}", field=key)
+        return n
+
     return ControllerSettings(
+        stream_max_bytes=size("HIDSD_CONTROLLER_STREAM_MAX_BYTES", "stream_max_bytes", 1 << 30),
+        inventory_max_bytes=size(
+            "HIDSD_CONTROLLER_INVENTORY_MAX_BYTES", "inventory_max_bytes", 2 << 30
+        ),
         servers=as_tuple(servers),
         sys_servers=as_tuple(sys_servers),
         etcd_endpoints=as_tuple(etcd),

@@ -10,6 +10,10 @@ Pure state (no I/O). Two inputs decide online/offline:
   offline after `timeout_factor` x the agent's own heartbeat interval.
 
 A `bye` heartbeat (clean shutdown) marks the agent offline at once.
+
+With several controllers each heartbeat is decoded by one of them (a NATS queue group), which
+forwards its raw bytes with the few fields presence needs (`HeartbeatMeta`) to the others:
+they update liveness from the meta at once and decode the body only when a view asks for it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from hidsd.bus.protocol import FLEET_TARGET, Heartbeat, Scope
+from hidsd.bus.protocol import FLEET_TARGET, Heartbeat, Scope, decode_heartbeat
 
 AGENT_CLIENT_PREFIX = "hidsd:"
 
@@ -28,15 +32,54 @@ class Liveness(StrEnum):
     OFFLINE = "offline"
 
 
+@dataclass(frozen=True, slots=True)
+class HeartbeatMeta:
+    """What presence needs from a heartbeat, forwarded between controllers with its bytes."""
+
+    host: str
+    groups: tuple[str, ...]
+    interval_s: float
+    sent_at: float
+    seq: int
+    bye: bool
+
+    @classmethod
+    def of(cls, hb: Heartbeat) -> HeartbeatMeta:
+        return cls(hb.host, hb.groups, hb.interval_s, hb.sent_at, hb.seq, hb.bye)
+
+    def to_list(self) -> list[Any]:
+        return [self.host, list(self.groups), self.interval_s, self.sent_at, self.seq, self.bye]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> HeartbeatMeta:
+        host, groups, interval_s, sent_at, seq, bye = v
+        return cls(str(host), tuple(str(g) for g in groups), float(interval_s), float(sent_at),
+                   int(seq), bool(bye))  # fmt: skip
+
+
 @dataclass(slots=True)
 class AgentRecord:
     host: str
-    heartbeat: Heartbeat | None = None
+    meta: HeartbeatMeta | None = None
     liveness: Liveness = Liveness.ONLINE
     reason: str = ""
     last_seen: float = 0.0
     changed_at: float = 0.0
     conn: tuple[str, int] | None = None
+    raw: bytes | None = None  # a forwarded heartbeat not decoded yet
+    decoded: Heartbeat | None = None
+
+    @property
+    def heartbeat(self) -> Heartbeat | None:
+        """The newest heartbeat, decoded on first use (forwarded ones arrive as bytes; their
+        origin controller validated them)."""
+        if self.decoded is None and self.raw is not None:
+            try:
+                self.decoded = decode_heartbeat(self.raw)
+            except Exception:  # validated by its receiver; a bug here must not break views
+                self.decoded = None
+            self.raw = None
+        return self.decoded
 
     def to_dict(self, now: float) -> dict[str, Any]:
         hb = self.heartbeat
@@ -84,12 +127,24 @@ class Presence:
         rec.reason = reason
 
     def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
-        rec = self.agents.get(hb.host)
+        self._update(HeartbeatMeta.of(hb), now, decoded=hb)
+
+    def on_forwarded(self, meta: HeartbeatMeta, raw: bytes, now: float) -> None:
+        """A heartbeat another controller received and validated."""
+        self._update(meta, now, raw=raw)
+
+    def _update(
+        self, meta: HeartbeatMeta, now: float, decoded: Heartbeat | None = None,
+        raw: bytes | None = None,
+    ) -> None:  # fmt: skip
+        rec = self.agents.get(meta.host)
         if rec is None:
-            rec = self.agents[hb.host] = AgentRecord(hb.host, changed_at=now)
-        rec.heartbeat = hb
+            rec = self.agents[meta.host] = AgentRecord(meta.host, changed_at=now)
+        elif rec.meta is not None and (meta.sent_at, meta.seq) < (rec.meta.sent_at, rec.meta.seq):
+            return  # an older one, forwarded late
+        rec.meta, rec.decoded, rec.raw = meta, decoded, raw
         rec.last_seen = now
-        if hb.bye:
+        if meta.bye:
             self._set(rec, Liveness.OFFLINE, "shut down", now)
         else:
             self._set(rec, Liveness.ONLINE, "heartbeat", now)
@@ -129,9 +184,9 @@ class Presence:
         """Mark agents whose heartbeats stopped as offline; returns who changed."""
         gone = []
         for rec in self.agents.values():
-            if rec.liveness is Liveness.OFFLINE or rec.heartbeat is None:
+            if rec.liveness is Liveness.OFFLINE or rec.meta is None:
                 continue
-            limit = max(self.min_timeout_s, rec.heartbeat.interval_s * self.timeout_factor)
+            limit = max(self.min_timeout_s, rec.meta.interval_s * self.timeout_factor)
             if now - rec.last_seen > limit:
                 self._set(
                     rec, Liveness.OFFLINE, f"no heartbeat for {now - rec.last_seen:.1f}s", now
@@ -147,8 +202,8 @@ class Presence:
                 or (scope is Scope.HOST and rec.host == target)
                 or (
                     scope is Scope.GROUP
-                    and rec.heartbeat is not None
-                    and target in rec.heartbeat.groups
+                    and rec.meta is not None
+                    and target in rec.meta.groups
                 )
             ):
                 out.append(rec)

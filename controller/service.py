@@ -1,14 +1,19 @@
-"""hidsd-controller: presence, ack ledger, answers to hidsctl.
+"""hidsd-controller: presence, ack ledger, inventory index and fleet queries, answers to hidsctl.
 
-Every controller subscribes to all heartbeats, acks and connection advisories (so each has the
-whole picture and any one can answer), and serves hidsctl requests through a NATS queue group
-(so requests are spread over however many controllers run).
+Controllers divide the work (see `controller.cluster`): each heartbeat and ack goes to one of
+them (a NATS queue group), which validates it and forwards a compact copy to the others, so
+every controller has the whole picture and any one can answer hidsctl (requests are spread
+through another queue group). Connection advisories and agent events reach every controller.
+Every controller follows the inventory stream (latest package set per host) into its own
+index; a fleet query is split across the live controllers by host and merged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -18,7 +23,9 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from controller.presence import Liveness, Presence
+from controller.cluster import Cluster, owner
+from controller.inventory import InventoryIndex
+from controller.presence import HeartbeatMeta, Liveness, Presence
 from hidsd import __version__
 from hidsd.bus.protocol import (
     CONTROLLER_QUEUE,
@@ -39,6 +46,12 @@ from hidsd.core.errors import HidsError, ProtocolError
 
 #: How many commands' acks the ledger keeps (oldest evicted first, and counted).
 LEDGER_SIZE = 1024
+#: heartbeats and acks: each to one controller of this queue group
+INGEST_QUEUE = "hidsd-ingest"
+#: a host's package list, decompressed, may not exceed this (a zlib bomb is refused)
+INVENTORY_MAX_BYTES = 32 << 20
+#: online hosts whose inventory is older are counted as not answering
+DEFAULT_MAX_AGE_S = 2 * 3600.0 + 600.0
 #: Events kept per agent (oldest dropped first, and counted).
 EVENTS_PER_AGENT = 20
 
@@ -59,6 +72,10 @@ class ControllerSettings:
     stream_max_bytes: int = 1 << 30
     stream_max_age_s: float = 7 * 86400.0
     ingest: bool = True
+    #: the inventory stream keeps the latest package set per host (bounded in bytes)
+    inventory_max_bytes: int = 2 << 30
+    #: how often a controller forwards what it received to its peers
+    sync_flush_s: float = 0.25
 
 
 class AckLedger:
@@ -80,6 +97,25 @@ class AckLedger:
 
     def get(self, cmd_id: str) -> dict[str, Ack] | None:
         return self.commands.get(cmd_id)
+
+
+def ranges_from_wire(wire: list[Any]) -> list[Any]:
+    """Ranges as hidsctl sends them, re-parsed (never trusted as already valid)."""
+    from dataclasses import replace
+
+    from hidsd.query.ranges import parse_vers
+
+    out = []
+    for r in wire:
+        rng = parse_vers(str(r["spec"]), str(r["package"]))
+        out.append(replace(rng, distro=r.get("distro"), release=r.get("release"),
+                           source=str(r.get("source", ""))))  # fmt: skip
+    return out
+
+
+def match_to_wire(m: Any) -> dict[str, Any]:
+    return {"ecosystem": m.ecosystem, "package": m.package, "version": m.version,
+            "range": m.range_spec, "source": m.source}  # fmt: skip
 
 
 def host_desired_revision(
@@ -119,6 +155,14 @@ class Controller:
         self.store = Store(
             settings.etcd_endpoints, settings.etcd_user, settings.etcd_password, timeout_s=1.0
         )
+        self.index = InventoryIndex()
+        self.inventory_ok = False
+        self.cluster = Cluster(
+            settings.name, self.subjects, self.bus, self._on_forwarded_heartbeat,
+            self._on_forwarded_ack, flush_s=settings.sync_flush_s,
+        )  # fmt: skip
+        self.peer_handlers: dict[str, Handler] = {"query": self._query_share,
+                                                  "stats": self._stats_share}  # fmt: skip
         self.handlers: dict[str, Handler] = {
             "agents.list": self.h_agents_list,
             "agents.show": self.h_agents_show,
@@ -128,6 +172,9 @@ class Controller:
             "ping": self.h_ping,
             "config.status": self.h_config_status,
             "telemetry.stats": self.h_telemetry_stats,
+            "query": self.h_query,
+            "controllers": self.h_controllers,
+            "inventory.stats": self.h_inventory_stats,
         }
 
     # ------------------------------------------------------------------ inputs
@@ -145,10 +192,28 @@ class Controller:
         before = self.presence.agents.get(hb.host)
         was = before.liveness if before else None
         self.presence.on_heartbeat(hb, time.time())
+        self.cluster.forward_heartbeat(hb, msg.data)
         self.counters["heartbeats"] += 1
-        rec = self.presence.agents[hb.host]
+        self._log_presence(hb.host, was)
+
+    def _log_presence(self, host: str, was: Liveness | None) -> None:
+        rec = self.presence.agents[host]
         if was is not rec.liveness:
-            self.log.info("presence", host=hb.host, liveness=rec.liveness.value, reason=rec.reason)
+            self.log.info("presence", host=host, liveness=rec.liveness.value, reason=rec.reason)
+
+    def _on_forwarded_heartbeat(self, meta: HeartbeatMeta, raw: bytes) -> None:
+        before = self.presence.agents.get(meta.host)
+        was = before.liveness if before else None
+        self.presence.on_forwarded(meta, raw, time.time())
+        self.counters["heartbeats_forwarded_in"] += 1
+        self._log_presence(meta.host, was)
+
+    def _on_forwarded_ack(self, raw: bytes) -> None:
+        try:
+            self.ledger.record(decode_ack(raw))
+            self.counters["acks_forwarded_in"] += 1
+        except ProtocolError:
+            self.counters["bad_forwarded_ack"] += 1
 
     async def on_ack(self, msg: Msg) -> None:
         try:
@@ -158,6 +223,7 @@ class Controller:
             self.log.warning("bad_ack", subject=msg.subject, error=exc.message)
             return
         self.ledger.record(ack)
+        self.cluster.forward_ack(msg.data)
         self.counters["acks"] += 1
 
     async def on_event(self, msg: Msg) -> None:
@@ -349,17 +415,29 @@ class Controller:
             "uptime_s": round(time.time() - self.started, 3),
             "counters": dict(self.counters),
             "presence_events": self.sys_bus is not None,
+            "id": self.cluster.id,
+            "members": self.cluster.describe(),
+            "cluster": dict(self.cluster.counters),
+            "inventory": {"ok": self.inventory_ok, **self.index.stats()},
         }
 
     # ------------------------------------------------------------------ lifecycle
+
+    async def _ensure_stream(self, cfg: Any) -> None:
+        js = self.bus.client.jetstream(timeout=5)
+        try:
+            await js.add_stream(cfg)
+        except Exception as exc:  # already exists with other settings: update it
+            if "already in use" not in str(exc):
+                raise
+            await js.update_stream(cfg)
 
     async def ensure_stream(self) -> None:
         """Create or update the telemetry stream: bounded, with a de-duplication window so a
         batch resent after a lost ack is stored once."""
         from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-        js = self.bus.client.jetstream(timeout=5)
-        cfg = StreamConfig(
+        await self._ensure_stream(StreamConfig(
             name=self.subjects.telemetry_stream(),
             subjects=[self.subjects.telemetry_all()],
             max_bytes=self.settings.stream_max_bytes,
@@ -367,13 +445,7 @@ class Controller:
             discard=DiscardPolicy.OLD,
             storage=StorageType.FILE,
             duplicate_window=120.0,
-        )
-        try:
-            await js.add_stream(cfg)
-        except Exception as exc:  # already exists with other settings: update it
-            if "already in use" not in str(exc):
-                raise
-            await js.update_stream(cfg)
+        ))  # fmt: skip
 
     def _account(self, headers: dict[str, str], body_len: int) -> None:
         """Per host+plugin: records, batches, and gaps or repeats in the sequence."""
@@ -425,9 +497,11 @@ class Controller:
                 await msg.ack()
             self.counters["telemetry_batches"] += len(msgs)
 
-    async def _telemetry_service(self) -> None:
-        """Stream + ingest, retried with backoff: a NATS without JetStream (or a stream that
-        cannot be created) degrades telemetry, never presence or control."""
+    async def _keep_running(
+        self, what: str, body: Callable[[], Awaitable[None]], set_ok: Callable[[bool], None]
+    ) -> None:
+        """Run `body` for good, retried with backoff: a NATS without JetStream (or a stream
+        that cannot be created) degrades `what`, never presence or control."""
         import random
 
         from hidsd.bus.transport import backoff_delay
@@ -435,21 +509,243 @@ class Controller:
         failures = 0
         rng = random.Random()
         while True:
+            started = time.monotonic()
             try:
-                await self.ensure_stream()
-                self.telemetry_ok = True
-                await self._ingest()
+                await body()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                failures += 1
-                self.telemetry_ok = False
-                self.counters["telemetry_errors"] += 1
-                self.log.warning("telemetry_unavailable", error=f"{type(exc).__name__}: {exc}")
+                set_ok(False)
+                failures = 1 if time.monotonic() - started > 60 else failures + 1
+                self.counters[f"{what}_errors"] += 1
+                self.log.warning(f"{what}_unavailable", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(backoff_delay(failures, 1.0, 30.0, rng))
+
+    async def _telemetry(self) -> None:
+        await self.ensure_stream()
+        self.telemetry_ok = True
+        await self._ingest()
+
+    def _set_telemetry_ok(self, ok: bool) -> None:
+        self.telemetry_ok = ok
 
     async def h_telemetry_stats(self, params: dict[str, Any]) -> Any:
         return {"streams": sorted(self.telemetry.values(), key=lambda d: (d["host"], d["plugin"]))}
+
+    # ------------------------------------------------------------------ inventory, queries
+
+    async def ensure_inventory_stream(self) -> None:
+        """The latest package set per host (one message kept per subject): the durable source
+        every controller's index is rebuilt from, and what offline hosts are answered from."""
+        from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+
+        await self._ensure_stream(StreamConfig(
+            name=self.subjects.inventory_stream(),
+            subjects=[self.subjects.inventory_all()],
+            max_msgs_per_subject=1,
+            max_bytes=self.settings.inventory_max_bytes,
+            discard=DiscardPolicy.OLD,
+            storage=StorageType.FILE,
+            duplicate_window=120.0,
+        ))  # fmt: skip
+
+    def on_inventory(self, subject: str, headers: dict[str, str], data: bytes) -> bool:
+        """One host's package set (a PACKAGES_STATE frame) into the index."""
+        import zlib
+
+        import msgpack
+
+        from hidsd.plugins import frames
+
+        host = subject.rsplit(".", 1)[-1]
+        try:
+            if headers.get(frames.H_HOST, host) != host:
+                raise ProtocolError("host header does not match the subject")
+            hdr = frames.unpack_header(data[: frames.HEADER_SIZE], frames.DEFAULT_MAX_FRAME_BYTES)
+            record = msgpack.unpackb(data[frames.HEADER_SIZE :], raw=False)
+            z = zlib.decompressobj()
+            blob = z.decompress(record["packages_z"], INVENTORY_MAX_BYTES)
+            if z.unconsumed_tail:
+                raise ProtocolError(f"package list over {INVENTORY_MAX_BYTES} bytes")
+            rows = msgpack.unpackb(blob, raw=False)
+            packages = [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+            # a binary's source package, as advisories name it (openssl for libssl3)
+            packages += [(str(r[0]), str(r[4]), str(r[5] or r[2])) for r in rows
+                         if len(r) >= 6 and r[4] and r[4] != r[1]]  # fmt: skip
+            os_id, os_version = str(record.get("os_id", "")), str(record.get("os_version", ""))
+        except (ProtocolError, ValueError, KeyError, TypeError, IndexError, zlib.error) as exc:
+            self.counters["bad_inventory"] += 1
+            self.log.warning("bad_inventory", host=host, error=str(exc))
+            return False
+        applied = self.index.update(host, packages, hdr.ts_ns / 1e9, os_id, os_version)
+        self.counters["inventories" if applied else "inventories_older"] += 1
+        return applied
+
+    async def _inventory(self) -> None:
+        """Follow the inventory stream: the latest per host first, then every new one."""
+        import nats.errors
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        await self.ensure_inventory_stream()
+        js = self.bus.client.jetstream(timeout=5)
+        sub = await js.subscribe(
+            self.subjects.inventory_all(), ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+            pending_msgs_limit=100_000,
+        )  # fmt: skip
+        self.inventory_ok = True
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            self.on_inventory(msg.subject, dict(msg.headers or {}), msg.data)
+
+    def _set_inventory_ok(self, ok: bool) -> None:
+        self.inventory_ok = ok
+
+    async def h_inventory_stats(self, params: dict[str, Any]) -> Any:
+        now = time.time()
+        hosts = {h: round(now - (self.index.inventory_time(h) or now), 1)
+                 for h in self.index.hosts()}  # fmt: skip
+        return {"ok": self.inventory_ok, **self.index.stats(), "age_s": hosts}
+
+    async def on_peer_request(self, msg: Msg) -> None:
+        """A coordinator's request for this controller's share of split work."""
+        import msgpack
+
+        verb = msg.subject.rsplit(".", 1)[-1]
+        handler = self.peer_handlers.get(verb)
+        try:
+            if handler is None:
+                raise ProtocolError(f"unknown peer request {verb!r}")
+            params = msgpack.unpackb(msg.data, raw=False)
+            if not isinstance(params, dict):
+                raise ProtocolError("peer request: expected a map")
+            reply = {"ok": True, "result": await handler(params)}
+        except HidsError as exc:
+            reply = {"ok": False, "error": exc.message}
+        if msg.reply:
+            await self.bus.publish(msg.reply, msgpack.packb(reply, use_bin_type=True))
+
+    async def _query_share(self, params: dict[str, Any]) -> Any:
+        """Evaluate the hosts of one share (those `shard` owns among `members`)."""
+        from hidsd.query.ranges import QueryError
+
+        try:
+            ranges = ranges_from_wire(params["ranges"])
+            members = [str(m) for m in params["members"]]
+            shard = str(params["shard"])
+        except (KeyError, TypeError, ValueError, QueryError) as exc:
+            raise ProtocolError(f"query share: {exc}") from exc
+        delay = float(os.environ.get("HIDSD_CONTROLLER_TEST_SHARE_DELAY_S", "0") or 0)
+        if delay:  # fault injection for tests: keep a share in flight
+            await asyncio.sleep(delay)
+        mine = [h for h in self.index.hosts() if owner(h, members) == shard]
+        uncomparable: dict[str, list[tuple[str, str]]] = {}
+        matches, counters = self.index.evaluate(ranges, mine, uncomparable)
+        return {
+            "uncomparable": {h: [list(pv) for pv in v] for h, v in uncomparable.items()},
+            "controller": self.settings.name,
+            "evaluated": {h: self.index.inventory_time(h) for h in mine},
+            "matches": {h: [match_to_wire(m) for m in ms] for h, ms in matches.items()},
+            "counters": counters,
+        }
+
+    async def _stats_share(self, params: dict[str, Any]) -> Any:
+        return {
+            "name": self.settings.name,
+            "uptime_s": round(time.time() - self.started, 3),
+            "counters": dict(self.counters),
+            "cluster": dict(self.cluster.counters),
+            "agents": len(self.presence.agents),
+            "inventory_hosts": len(self.index),
+        }
+
+    async def h_controllers(self, params: dict[str, Any]) -> Any:
+        """Every live controller's own counters (how the work is divided)."""
+        results, how = await self.cluster.scatter("stats", {}, self._stats_share, timeout_s=1.0)
+        rows = []
+        for mid, res in results.items():
+            if how[mid].startswith("redone"):  # our own numbers are not theirs
+                member = self.cluster.members.get(mid)
+                rows.append({"id": mid, "name": member.name if member else "?",
+                             "error": "did not answer"})  # fmt: skip
+            else:
+                rows.append({"id": mid, **res})
+        rows.sort(key=lambda r: str(r["name"]))
+        return {"controllers": rows}
+
+    async def h_query(self, params: dict[str, Any]) -> Any:
+        """Which hosts run an affected version: split over the controllers, merged here, with
+        every known host accounted for (matched, clean, offline from its last inventory, or
+        no answer)."""
+        from hidsd.query.ranges import QueryError
+
+        try:
+            wire = list(params["ranges"])
+            ranges_from_wire(wire)  # reject a bad query here, before any peer sees it
+            max_age = float(params.get("max_age_s", DEFAULT_MAX_AGE_S))
+        except (KeyError, TypeError, ValueError, QueryError) as exc:
+            raise ProtocolError(f"query: {getattr(exc, 'message', exc)}") from exc
+        started = time.monotonic()
+        results, how = await self.cluster.scatter("query", {"ranges": wire}, self._query_share)
+        return self._merge_query(results, how, max_age, started)
+
+    def _merge_query(
+        self, results: dict[str, Any], how: dict[str, str], max_age: float, started: float
+    ) -> dict[str, Any]:
+        now = time.time()
+        evaluated: dict[str, float | None] = {}
+        matches: dict[str, list[dict[str, Any]]] = {}
+        uncomparable: dict[str, list[Any]] = {}
+        counters: Counter[str] = Counter()
+        shards = []
+        for mid, res in results.items():
+            evaluated.update(res["evaluated"])
+            matches.update(res["matches"])
+            uncomparable.update(res.get("uncomparable", {}))
+            counters.update(res.get("counters", {}))
+            shards.append({"member": mid, "controller": res.get("controller"),
+                           "hosts": len(res["evaluated"]), "how": how.get(mid, "?")})  # fmt: skip
+        universe = sorted(set(evaluated) | set(self.presence.agents))
+        out: dict[str, list[dict[str, Any]]] = {"matched": [], "clean": [], "no_answer": []}
+        for host in universe:
+            rec = self.presence.agents.get(host)
+            live = rec.liveness.value if rec is not None else "unknown"
+            at = evaluated.get(host)
+            if at is None:
+                out["no_answer"].append({"host": host, "liveness": live,
+                                         "reason": "no inventory reported"})  # fmt: skip
+                continue
+            age = round(now - at, 1)
+            if live == "online" and age > max_age:
+                out["no_answer"].append({"host": host, "liveness": live, "inventory_age_s": age,
+                                         "reason": f"inventory {age:.0f}s old, over max age "
+                                                   f"{max_age:.0f}s"})  # fmt: skip
+                continue
+            row: dict[str, Any] = {"host": host, "liveness": live, "inventory_age_s": age}
+            if host not in matches and host in uncomparable:
+                what = ", ".join(f"{p} {v}" for p, v in uncomparable[host])
+                out["no_answer"].append({**row, "reason": f"cannot compare installed {what} "
+                                                          "with the range"})  # fmt: skip
+                continue
+            if host in matches:
+                out["matched"].append({**row, "packages": matches[host]})
+            else:
+                out["clean"].append(row)
+        answered = out["matched"] + out["clean"]
+        counts = {
+            "hosts": len(universe),
+            "answered": len(answered),
+            "matched": len(out["matched"]),
+            "clean": len(out["clean"]),
+            "offline_answered": sum(r["liveness"] != "online" for r in answered),
+            "no_answer": len(out["no_answer"]),
+        }
+        return {**out, "counts": counts, "shards": shards, "counters": dict(counters),
+                "complete": not out["no_answer"], "elapsed_ms": round(
+                    (time.monotonic() - started) * 1000, 2)}  # fmt: skip
 
     async def _sweep(self) -> None:
         while True:
@@ -465,8 +761,11 @@ class Controller:
             await self.sys_bus.connect(stop=self.should_exit)
         try:
             s = self.subjects
-            await self.bus.subscribe(s.heartbeat_all(), self.on_heartbeat)
-            await self.bus.subscribe(s.ack_all(), self.on_ack)
+            # each heartbeat and ack to one controller, which forwards a copy to the others
+            await self.bus.subscribe(s.heartbeat_all(), self.on_heartbeat, queue=INGEST_QUEUE)
+            await self.bus.subscribe(s.ack_all(), self.on_ack, queue=INGEST_QUEUE)
+            await self.bus.subscribe(s.ctl_sync(), self.cluster.on_sync)
+            await self.bus.subscribe(s.ctl_peer(self.cluster.id, "*"), self.on_peer_request)
             await self.bus.subscribe(s.event_all(), self.on_event)
             await self.bus.subscribe(s.ctl_all(), self.on_request, queue=CONTROLLER_QUEUE)
             if self.sys_bus is not None:
@@ -479,13 +778,22 @@ class Controller:
                 )
             self.log.info("controller_running", version=__version__)
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._sweep(), name="sweep")]
+                tasks = [
+                    tg.create_task(self._sweep(), name="sweep"),
+                    tg.create_task(self.cluster.run(), name="cluster"),
+                    tg.create_task(self._keep_running("inventory", self._inventory,
+                                                      self._set_inventory_ok), name="inventory"),
+                ]
                 if self.settings.ingest:
-                    tasks.append(tg.create_task(self._telemetry_service(), name="telemetry"))
+                    tasks.append(tg.create_task(self._keep_running(
+                        "telemetry", self._telemetry, self._set_telemetry_ok), name="telemetry"))
                 await self.should_exit.wait()
                 for t in tasks:
                     t.cancel()
         finally:
+            if self.bus.connected:
+                with contextlib.suppress(Exception):
+                    await self.cluster.flush()  # hand what we received to the others
             if self.sys_bus is not None:
                 await self.sys_bus.close(1.0)
             await self.bus.close(1.0)

@@ -249,11 +249,13 @@ class Stack:
         cfg = self.agent_config(host, groups, **extra)
         return self._spawn(f"agent-{host}", [PY, "-m", "hidsd.core.main", "-c", str(cfg)])
 
-    def start_controller(self, name: str = "c1") -> Proc:
-        env = {}
+    def start_controller(self, name: str = "c1", env: dict[str, str] | None = None) -> Proc:
+        # JetStream reserves each stream's max bytes: many tests share one server
+        env = {"HIDSD_CONTROLLER_STREAM_MAX_BYTES": str(64 << 20),
+               "HIDSD_CONTROLLER_INVENTORY_MAX_BYTES": str(16 << 20), **(env or {})}  # fmt: skip
         if self.viewer is not None:
-            env = {"HIDSD_CONTROLLER_ETCD_USER": self.viewer[0],
-                   "HIDSD_CONTROLLER_ETCD_PASSWORD": self.viewer[1]}  # fmt: skip
+            env.update({"HIDSD_CONTROLLER_ETCD_USER": self.viewer[0],
+                        "HIDSD_CONTROLLER_ETCD_PASSWORD": self.viewer[1]})  # fmt: skip
         return self._spawn(
             f"controller-{name}",
             [PY, "-m", "controller.main", "--nats", self.nats.url, "--sys-nats",

@@ -157,6 +157,24 @@ class Subjects:
         """The JetStream stream that holds this prefix's telemetry."""
         return "HIDSD_TEL_" + re.sub(r"[^A-Za-z0-9]", "_", self.prefix).upper()
 
+    def ctl_sync(self) -> str:
+        """Controllers forwarding what each received to the others (and announcing)."""
+        return f"{self.prefix}.ctlsync"
+
+    def ctl_peer(self, member_id: str, verb: str) -> str:
+        """A request to one controller (its share of a split query)."""
+        return f"{self.prefix}.ctlpeer.{member_id}.{verb}"
+
+    def inventory(self, host: str) -> str:
+        """A host's latest package set (one message per host kept: the query index's source)."""
+        return f"{self.prefix}.inv.{host}"
+
+    def inventory_all(self) -> str:
+        return f"{self.prefix}.inv.*"
+
+    def inventory_stream(self) -> str:
+        return "HIDSD_INV_" + re.sub(r"[^A-Za-z0-9]", "_", self.prefix).upper()
+
     def ctl(self, verb: str) -> str:
         """Controller request/reply subjects (served by a queue group)."""
         return f"{self.prefix}.ctl.{verb}"
@@ -562,6 +580,8 @@ class Heartbeat:
     #: the circuit breaker: state, reason, held plugins, denylist, accounting mode (psutil or
     #: cgroup-v1/v2, and why)
     breaker: dict[str, Any] = field(default_factory=dict)
+    #: outputs other than telemetry, e.g. {"inventory": {published, pending, failures, ...}}
+    outputs: dict[str, Any] = field(default_factory=dict)
 
 
 _HB_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
@@ -612,6 +632,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
             "config": hb.config,
             "plugins": hb.plugins,
             "breaker": hb.breaker,
+            "outputs": hb.outputs,
         }
     )
 
@@ -654,6 +675,7 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
         config=_optional_map(m, "config"),
         plugins=_optional_map(m, "plugins"),
         breaker=_optional_map(m, "breaker"),
+        outputs=_optional_map(m, "outputs"),
     )
 
 

@@ -47,6 +47,7 @@ from hidsd.core.hostinfo import SelfUsage, host_facts
 from hidsd.core.plugincontrol import PluginControl, PluginControlService
 from hidsd.core.settings import AgentSettings
 from hidsd.plugins.supervisor import Supervisor
+from hidsd.plugins.telemetry import LatestPublisher
 
 STATE_FILE = "control-state.msgpack"
 
@@ -140,6 +141,7 @@ class HeartbeatService:
             config=a.config.report(),
             plugins=a.supervisor.stats(),
             breaker=a.breaker.report(),
+            outputs={"inventory": a.latest.stats()},
         )
 
     async def send(self, bye: bool = False) -> None:
@@ -211,12 +213,18 @@ class Agent:
         )
         self.heartbeat_s = settings.heartbeat_s
         self.dynamic: dict[str, Any] = {}
+        from hidsd.plugins.builtin import DataType
+
+        self.latest = LatestPublisher(settings.host_id, self._publish_telemetry)
+        inv_subject = self.subjects.inventory(settings.host_id)
         self.supervisor = Supervisor(
             settings.host_id,
             lambda name: self.subjects.telemetry(settings.host_id, name),
             settings.data_dir,
             self._publish_telemetry,
-        )
+            routes={DataType.PACKAGES_STATE: lambda plugin, frame: self.latest.offer(
+                inv_subject, plugin, frame)},
+        )  # fmt: skip
         self.supervisor.set_allowed(self.gate.running)
         self.breaker = BreakerService(
             self.supervisor, settings.data_dir, settings.cgroups, settings.cgroup_name,
@@ -356,6 +364,7 @@ class Agent:
     async def _on_reconnect(self) -> None:
         await self._send_unsent_ack()
         self.supervisor.kick()
+        self.latest.kick()
         self.convergence.request_resync()
         self.config.follower.request()
         self.plugin_state.follower.request()
@@ -390,6 +399,7 @@ class Agent:
                     tg.create_task(self.supervisor.run(), name="plugins"),
                     tg.create_task(self.plugin_state.run(), name="plugin-state"),
                     tg.create_task(self.breaker.run(), name="breaker"),
+                    tg.create_task(self.latest.run(), name="inventory-out"),
                     tg.create_task(self._bus_service(), name="bus"),
                 ]
                 self.log.info("running", mode=self.mode.value)

@@ -18,7 +18,7 @@ def host_facts() -> dict[str, Any]:
         if name == "lo":
             continue
         ips.extend(a.address for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6))
-    os_release = _os_release()
+    os_release = read_os_release()
     return {
         "hostname": socket.gethostname(),
         "os": os_release.get("PRETTY_NAME", platform.system()),
@@ -32,9 +32,10 @@ def host_facts() -> dict[str, Any]:
     }
 
 
-def _os_release() -> dict[str, str]:
+def read_os_release(path: str = "/etc/os-release") -> dict[str, str]:
+    """KEY=value pairs of os-release(5); {} if it cannot be read."""
     try:
-        text = Path("/etc/os-release").read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError:
         return {}
     out: dict[str, str] = {}

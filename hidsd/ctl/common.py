@@ -45,7 +45,8 @@ class Exit(IntEnum):
     AUTH = 6  # etcd credentials or permissions
     NOT_FOUND = 7
     CONFLICT = 8  # a concurrent writer won the compare-and-swap
-    INVALID = 9  # a config file failed validation
+    INVALID = 9  # a config file (or an advisory) failed validation
+    AFFECTED = 10  # a fleet query is complete and found affected hosts
 
 
 out = Console()
@@ -216,14 +217,26 @@ async def _connect(s: CtlSettings) -> Any:
     return bus
 
 
-async def _ask(s: CtlSettings, verb: str, params: dict[str, Any]) -> Any:
+async def _ask(
+    s: CtlSettings, verb: str, params: dict[str, Any], timeout_s: float | None = None,
+    attempts: int = 3,
+) -> Any:  # fmt: skip
+    """A read from the controllers. A controller that dies with our request in flight leaves
+    no reply: ask again, and the queue group hands it to another (reads are idempotent)."""
     bus = await _connect(s)
     try:
-        data = await bus.request(s.subjects.ctl(verb), encode_request(params), s.timeout_s)
-    except NoResponse as exc:
-        raise NoResponse(
-            f"no hidsd-controller answered; is one running and connected to {', '.join(s.nats)}?"
-        ) from exc
+        for attempt in range(1, attempts + 1):
+            try:
+                data = await bus.request(
+                    s.subjects.ctl(verb), encode_request(params), timeout_s or s.timeout_s
+                )
+                break
+            except NoResponse as exc:
+                if attempt == attempts:
+                    raise NoResponse(
+                        f"no hidsd-controller answered {verb!r} ({attempts} tries); is one "
+                        f"running and connected to {', '.join(s.nats)}?"
+                    ) from exc
     finally:
         await bus.close()
     return decode_reply(data)

@@ -129,14 +129,22 @@ class IssueResult:
 async def fetch_expected(
     bus: Bus, subjects: Subjects, scope: Scope, target: str, timeout: float
 ) -> dict[str, list[str]] | None:
-    """Ask any controller which hosts should ack; None if no controller answered."""
-    try:
-        data = await bus.request(
-            subjects.ctl("expected"), encode_request({"scope": scope.value, "target": target}),
-            timeout,
-        )  # fmt: skip
-        result = decode_reply(data)
-    except (NoResponse, ProtocolError):
+    """Ask any controller which hosts should ack; None if no controller answered. A controller
+    that dies with the request in flight leaves no reply: ask again (another one answers)."""
+    result = None
+    for _ in range(3):
+        try:
+            data = await bus.request(
+                subjects.ctl("expected"), encode_request({"scope": scope.value, "target": target}),
+                timeout,
+            )  # fmt: skip
+            result = decode_reply(data)
+            break
+        except NoResponse:
+            continue
+        except ProtocolError:
+            return None
+    if result is None:
         return None
     return {"online": list(result["online"]), "offline": list(result["offline"])}
 

@@ -60,11 +60,14 @@ def _register_more() -> None:
     from hidsd.ctl.cmd_auth import auth_app
     from hidsd.ctl.cmd_config import config_app
     from hidsd.ctl.cmd_plugins import events_app, plugins_app
+    from hidsd.ctl.cmd_query import controllers_app, query_app
 
     app.add_typer(config_app, name="config")
     app.add_typer(auth_app, name="auth")
     app.add_typer(plugins_app, name="plugins")
     app.add_typer(events_app, name="events")
+    app.add_typer(query_app, name="query")
+    app.add_typer(controllers_app, name="controllers")
 
 
 _register_more()

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -98,6 +99,8 @@ class PluginRunner:
     resources: ResourceControl | None = None
     #: niceness while the breaker throttles (0 = normal)
     nice: int = 0
+    #: frames of these data types go to a callback (plugin name, frame) instead of telemetry
+    routes: dict[int, Callable[[str, bytes], None]] = field(default_factory=dict)
     _ps: Any = None
     _rng: random.Random = field(default_factory=random.Random)
 
@@ -245,6 +248,11 @@ class PluginRunner:
                 self.log.warning("plugin_died_mid_frame", want=hdr.length)
                 return
             self.counters["records"] += 1
+            route = self.routes.get(hdr.data_type)
+            if route is not None:
+                self.counters["routed"] += 1
+                route(self.spec.name, head + payload)
+                continue
             await self.pipeline.offer(head + payload)
 
     async def _reap(self) -> int | None:
@@ -317,6 +325,7 @@ class Supervisor:
         publish: Publish,
         spool_max_bytes: int = 64 << 20,
         resources: ResourceControl | None = None,
+        routes: dict[int, Callable[[str, bytes], None]] | None = None,
     ) -> None:
         self.host = host
         self.subject_for = subject_for
@@ -329,6 +338,7 @@ class Supervisor:
         self.running: dict[str, tuple[PluginRunner, asyncio.Task[None]]] = {}
         self.allowed = True
         self.resources = resources
+        self.routes = routes or {}
         #: plugins the circuit breaker holds stopped (shed, tripped or denylisted)
         self.blocked: frozenset[str] = frozenset()
         self.rate_factor = 1.0
@@ -445,7 +455,8 @@ class Supervisor:
                 rate_factor=self.rate_factor,
             )
             runner = PluginRunner(spec, pipeline, self.data_dir / "plugin-logs",
-                                  resources=self.resources, nice=self.nice)  # fmt: skip
+                                  resources=self.resources, nice=self.nice,
+                                  routes=self.routes)  # fmt: skip
             self.running[name] = (runner, tg.create_task(runner.run(), name=f"plugin:{name}"))
 
     async def _stop(self, name: str) -> None:

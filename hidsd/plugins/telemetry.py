@@ -14,6 +14,7 @@ batches queue behind the spool until it has drained, oldest first. Each batch ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import Counter, deque
@@ -354,3 +355,61 @@ class Pipeline:
             "spool_bytes": self.spool.bytes,
             "next_seq": self.next_seq,
         }
+
+
+class LatestPublisher:
+    """Frames where only the newest matters (a host's package set): one pending slot per
+    subject, published until JetStream acks, a newer frame replacing an unsent older one
+    (counted as superseded: nothing is lost that a newer frame does not cover)."""
+
+    def __init__(self, host: str, publish: Publish, retry_s: float = 5.0) -> None:
+        self.host = host
+        self.publish = publish
+        self.retry_s = retry_s
+        self.pending: dict[str, tuple[bytes, str]] = {}  # subject -> (frame, plugin)
+        self.counters: Counter[str] = Counter()
+        self.last_error = ""
+        self._wake = asyncio.Event()
+
+    def offer(self, subject: str, plugin: str, frame: bytes) -> None:
+        if subject in self.pending:
+            self.counters["superseded"] += 1
+        self.pending[subject] = (frame, plugin)
+        self.counters["offered"] += 1
+        self._wake.set()
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        import hashlib
+
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for subject, (frame, plugin) in list(self.pending.items()):
+                digest = hashlib.sha256(frame[frames.HEADER_SIZE :]).hexdigest()[:16]
+                headers = {frames.H_HOST: self.host, frames.H_PLUGIN: plugin,
+                           frames.H_MSG_ID: f"{self.host}.{plugin}.{digest}"}  # fmt: skip
+                try:
+                    await self.publish(subject, frame, headers)
+                except asyncio.CancelledError:
+                    raise
+                except NotPublishable as exc:
+                    self.counters["dropped_not_publishable"] += 1
+                    self.last_error = exc.message
+                except Exception as exc:  # NATS down or no stream yet: retry
+                    self.counters["publish_failures"] += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    continue
+                else:
+                    self.counters["published"] += 1
+                if self.pending.get(subject, (b"", ""))[0] is frame:
+                    del self.pending[subject]
+            if self.pending:
+                with contextlib.suppress(TimeoutError):
+                    await wait_timeout(self._wake.wait(), self.retry_s)
+                self._wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {**dict(self.counters), "pending": len(self.pending), "last_error": self.last_error}

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -379,3 +380,38 @@ def test_unreadable_database_is_an_error_record_not_a_crash(tmp_path: Path) -> N
         assert "bogus" in bad["error"]
         p.send(TaskType.SHUTDOWN)  # stdin stays open: SHUTDOWN alone must end it
         assert p.proc.wait(5) == 0
+
+
+def rows_of(rows: list[list[str]], name: str) -> list[str]:
+    return next(r for r in rows if r[1] == name)
+
+
+def test_package_state_record_for_the_query_index(tmp_path: Path) -> None:
+    """One PACKAGES_STATE record with the whole set (zlib'd msgpack) at start, another only
+    when the set changes, with the host's OS from os-release."""
+    import zlib
+
+    import msgpack
+
+    osr = tmp_path / "os-release"
+    osr.write_text('ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12"\n')
+    params = {**_files(tmp_path), "interval_s": 0.2, "os_release": str(osr), "ports": False}
+    with start_plugin("inventory", params, tmp_path) as p:
+        first = p.wait_for(DataType.PACKAGES_STATE)
+        rows = msgpack.unpackb(zlib.decompress(first["packages_z"]), raw=False)
+        assert (first["os_id"], first["os_version"], first["reason"]) == ("debian", "12", "start")
+        assert first["count"] == len(rows)
+        assert ["deb", "openssl", "3.0.11-1~deb12u2", "amd64"] == rows_of(rows, "openssl")[:4]
+        assert rows == sorted(rows)
+        libssl = rows_of(rows, "libssl3")
+        assert libssl[4] == "openssl"  # its source package travels with it
+        mark = p.mark()
+        p.wait_for(DataType.STATUS, lambda r: r["event"] == "ready")
+        time.sleep(0.6)  # a few unchanged scans: no new state record
+        assert p.of_type(DataType.PACKAGES_STATE, since=mark) == []
+        status = Path(params["dpkg_status"])
+        status.write_text(status.read_text().replace("3.0.11-1~deb12u2", "3.0.13-1~deb12u1"))
+        new = p.wait_for(DataType.PACKAGES_STATE, since=mark)
+        rows = msgpack.unpackb(zlib.decompress(new["packages_z"]), raw=False)
+        assert ["deb", "openssl", "3.0.13-1~deb12u1", "amd64"] == rows_of(rows, "openssl")[:4]
+        assert new["digest"] != first["digest"] and new["reason"] == "interval"

@@ -106,3 +106,36 @@ async def test_cancel_swallowed_by_publish_still_stops_the_pipeline(tmp_path: Pa
     task.cancel()
     done, _ = await asyncio.wait([task], timeout=3)
     assert done, "pipeline kept running after cancel"
+
+
+async def test_latest_publisher_keeps_only_the_newest_and_retries() -> None:
+    """A host's package set: publish until acked; a newer one replaces an unsent older one
+    (counted as superseded), nothing else is dropped."""
+    from hidsd.plugins.telemetry import LatestPublisher
+
+    sent: list[tuple[str, bytes, dict[str, str]]] = []
+    fail = [True]
+
+    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> None:
+        if fail[0]:
+            raise ConnectionError("nats down")
+        sent.append((subject, body, headers))
+
+    lp = LatestPublisher("h1", publish, retry_s=0.05)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(lp.run())
+        old = frames.frame(120, b"old", 1)
+        new = frames.frame(120, b"new", 2)
+        lp.offer("p.inv.h1", "inventory", old)
+        await asyncio.sleep(0.1)
+        assert lp.counters["publish_failures"] >= 1 and lp.stats()["pending"] == 1
+        lp.offer("p.inv.h1", "inventory", new)
+        fail[0] = False
+        for _ in range(100):
+            if sent:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+    assert [(s, b) for s, b, _ in sent] == [("p.inv.h1", new)]
+    assert sent[0][2]["Nats-Msg-Id"].startswith("h1.inventory.")
+    assert lp.counters["superseded"] == 1 and lp.stats()["pending"] == 0

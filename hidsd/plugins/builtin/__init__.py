@@ -57,6 +57,12 @@ class DataType(IntEnum):
     USERS = 102  # users: [{name, uid, gid, home, shell}] from passwd
     # inventory: deltas since the previous scan ({delta_id, chunk, chunks, added, removed, changed})
     PACKAGES_DELTA = 110
+    # inventory: the whole package set in one record, for the fleet query index (R5); the agent
+    # routes it (by this type alone) to the inventory stream, latest per host:
+    # {os_id, os_version, count, digest, reason, packages_z: zlib(msgpack([[eco, name,
+    # version, arch, source, source_version], ...]))}; sent when the set changes, and every
+    # state_interval_s anyway
+    PACKAGES_STATE = 120
     PORTS_DELTA = 111
     USERS_DELTA = 112
     # procmon: a new process (or a recent one that exec'd): {event, pid, ppid, exe, cmdline, ...}

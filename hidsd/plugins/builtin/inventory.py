@@ -5,7 +5,13 @@ emits only what changed: fleet-wide vulnerability lookup (R5) is answered from t
 and deltas keep that view current without resending a thousand packages per host each time.
 
 Params: interval_s (300), chunk_size (500 items per record), dpkg_status, apk_installed,
-passwd, rpm_binary ("rpm" on PATH; absent = rpm skipped), ports (true).
+passwd, rpm_binary ("rpm" on PATH; absent = rpm skipped), ports (true), state_interval_s
+(3600), os_release (/etc/os-release).
+
+For fleet queries the whole package set also goes out as one PACKAGES_STATE record (zlib'd
+msgpack, a few tens of kB for a thousand packages) whenever it changes and at least every
+`state_interval_s`, so the controllers' index always has a recent, complete view per host and
+can tell its age.
 
 Snapshots are chunked: {snapshot_id, chunk, chunks, total, reason, <kind>: [...]}; a consumer
 holds the whole set once it has chunks 0..chunks-1 of one snapshot_id. Deltas are chunked the
@@ -16,6 +22,7 @@ dpkg database must not look as if every package had been removed.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import secrets
@@ -24,12 +31,15 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgpack
 from debian.deb822 import Deb822
 
+from hidsd.core.hostinfo import read_os_release
 from hidsd.plugins.builtin import DataType, Runner, is_task, run_main
 from hidsd.plugins.frames import TaskType
 
@@ -40,6 +50,7 @@ ECOSYSTEMS = ("deb", "rpm", "apk")
 DPKG_STATUS = "/var/lib/dpkg/status"
 APK_INSTALLED = "/lib/apk/db/installed"
 PASSWD = "/etc/passwd"
+OS_RELEASE = "/etc/os-release"
 # dpkg states whose files are on disk (a half-configured package's binaries can still be
 # vulnerable); "config-files" and "not-installed" leave only conffiles or nothing.
 DPKG_PRESENT = frozenset(
@@ -381,6 +392,8 @@ class Inventory:
         self.sources: dict[str, str] = {}  # ecosystem -> ok | absent | skipped | error
         self._by_source: dict[str, dict[Key, Item]] = {}
         self._last: dict[str, dict[Key, Item]] | None = None
+        self._state_digest = ""
+        self._state_at = 0.0
 
     def interval(self) -> float:
         return self.rt.param_float("interval_s", 300.0, minimum=0.05)
@@ -501,6 +514,35 @@ class Inventory:
                     base["sources"] = {k: self.sources.get(k) for k in ECOSYSTEMS}
                 self._emit_chunked(data_type, base, {kind: items}, ts_ns)
         self._last = new
+        self.report_state(new["packages"], reason)
+
+    def report_state(self, packages: dict[Key, Item], reason: str) -> None:
+        """The whole package set in one record, if it changed or is due for a refresh."""
+        # the source package too: Debian and Alpine advisories name source packages
+        # (DSA "openssl" covers the libssl3 binary)
+        rows = sorted(
+            [p["ecosystem"], p["name"], p["version"], p.get("architecture") or "",
+             p.get("source") or "", p.get("source_version") or ""]
+            for p in packages.values()
+        )  # fmt: skip
+        blob = msgpack.packb(rows, use_bin_type=True)
+        digest = hashlib.sha256(blob).hexdigest()[:16]
+        due = time.monotonic() - self._state_at >= self.rt.param_float(
+            "state_interval_s", 3600.0, minimum=1.0
+        )
+        if digest == self._state_digest and not due:
+            return
+        osr = read_os_release(self.rt.param_str("os_release", OS_RELEASE))
+        self.rt.emit(DataType.PACKAGES_STATE, {
+            "os_id": osr.get("ID", ""),
+            "os_version": osr.get("VERSION_ID", ""),
+            "count": len(rows),
+            "digest": digest,
+            "reason": reason if digest != self._state_digest else "refresh",
+            "sources": {k: self.sources.get(k) for k in ECOSYSTEMS},
+            "packages_z": zlib.compress(blob, 6),
+        })  # fmt: skip
+        self._state_digest, self._state_at = digest, time.monotonic()
 
 
 def run(rt: Runner) -> None:

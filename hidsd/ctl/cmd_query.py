@@ -1,0 +1,182 @@
+"""`hidsctl query ...`: which hosts run an affected package version (R5).
+
+The range is parsed here first (a typo fails at once, exit 2; a bad advisory file, exit 9),
+then the controllers answer from their inventory index, split across them and merged. Every
+known host is accounted for: matched (with what it runs), clean, answered while offline from
+its last known inventory (with its age), or no answer and why.
+Exit codes: 0 complete and nothing affected, 10 complete and affected hosts found, 1 some hosts
+did not answer, 2 bad range, 9 bad advisory, 5 no controller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from hidsd.core.errors import HidsError
+from hidsd.ctl.common import CtlSettings, Exit, _ask, _emit_json, _fail, _run, err, out
+
+query_app = typer.Typer(help="Fleet queries: which hosts run an affected version.",
+                        no_args_is_help=True)  # fmt: skip
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+MaxAgeOpt = Annotated[
+    float,
+    typer.Option(
+        help="online hosts whose inventory is older than this many seconds count as not answering"
+    ),
+]
+TimeoutOpt = Annotated[float, typer.Option(help="seconds to wait for the answer")]
+
+
+def _wire(rng: Any) -> dict[str, Any]:
+    d = asdict(rng)
+    return {k: d[k] for k in ("ecosystem", "package", "spec", "distro", "release", "source")}
+
+
+def _query(s: CtlSettings, ranges: list[Any], max_age: float, timeout: float) -> Any:
+    params = {"ranges": [_wire(r) for r in ranges], "max_age_s": max_age}
+    return _run(lambda: _ask(s, "query", params, timeout_s=timeout))
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _report(res: dict[str, Any], title: str, as_json: bool, extra: dict[str, Any]) -> None:
+    res = {**res, **extra}
+    c = res["counts"]
+    if as_json:
+        _emit_json(res)
+    else:
+        if res["matched"]:
+            t = Table(title=f"{title}: {c['matched']} affected hosts")
+            for col in ("host", "liveness", "package", "installed", "affected range", "source",
+                        "inventory age"):  # fmt: skip
+                t.add_column(col, no_wrap=col in ("host", "installed"))
+            for row in res["matched"]:
+                for p in row["packages"]:
+                    live = row["liveness"]
+                    color = "green" if live == "online" else "yellow"
+                    t.add_row(row["host"], f"[{color}]{live}[/]",
+                              f"{p['ecosystem']}/{p['package']}", f"[red]{p['version']}[/]",
+                              p["range"], p.get("source") or "-",
+                              _age(row.get("inventory_age_s")))  # fmt: skip
+            out.print(t)
+        s = Table(title=f"{title}: accounting", show_header=False)
+        s.add_column("what")
+        s.add_column("value")
+        s.add_row("hosts known", str(c["hosts"]))
+        s.add_row("answered", f"{c['answered']} ({c['offline_answered']} offline, from their "
+                              "last known inventory)")  # fmt: skip
+        s.add_row("affected", f"[{'red' if c['matched'] else 'green'}]{c['matched']}[/]")
+        s.add_row("clean", str(c["clean"]))
+        s.add_row("no answer", f"[{'red' if c['no_answer'] else 'green'}]{c['no_answer']}[/]")
+        for row in res["no_answer"]:
+            s.add_row(f"  {row['host']}", f"{row['liveness']}: {row['reason']}")
+        offline = [r for r in res["matched"] + res["clean"] if r["liveness"] != "online"]
+        for row in offline:
+            s.add_row(f"  {row['host']} (offline)",
+                      f"answered from an inventory {_age(row['inventory_age_s'])} old")  # fmt: skip
+        shards = ", ".join(f"{sh['controller']}: {sh['hosts']} ({sh['how']})"
+                           for sh in res["shards"])  # fmt: skip
+        s.add_row("controllers", shards)
+        s.add_row("elapsed", f"{res['elapsed_ms']:.1f} ms")
+        for u in extra.get("unsupported", []):
+            s.add_row("not answerable", f"[yellow]{u}[/]")
+        out.print(s)
+    if not res["complete"]:
+        raise typer.Exit(Exit.INCOMPLETE)
+    if res["matched"]:
+        raise typer.Exit(Exit.AFFECTED)
+
+
+@query_app.command("package")
+def query_package(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="package name as the package manager knows it")],
+    affected: Annotated[str, typer.Option(help="vers range, e.g. 'vers:deb/<1.1.1n-0+deb11u5'")],
+    max_age: MaxAgeOpt = 7800.0,
+    timeout: TimeoutOpt = 30.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Which hosts run NAME in a version inside the --affected range."""
+    from hidsd.query.ranges import QueryError, parse_vers
+
+    try:
+        rng = parse_vers(affected, name)
+    except QueryError as exc:
+        err.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(Exit.USAGE) from exc
+    res = _query(ctx.obj, [rng], max_age, timeout)
+    _report(res, f"{rng.ecosystem}/{name} {rng.spec}", as_json, {"query": _wire(rng)})
+
+
+@query_app.command("advisory")
+def query_advisory(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="an OSV advisory (JSON, as osv.dev serves it)")],
+    max_age: MaxAgeOpt = 7800.0,
+    timeout: TimeoutOpt = 30.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Which hosts run any package in an affected range of an OSV advisory."""
+    from hidsd.query.ranges import QueryError, parse_osv
+
+    try:
+        adv = parse_osv(file.read_bytes())
+    except OSError as exc:
+        err.print(f"[red]error:[/] cannot read {file}: {exc.strerror}")
+        raise typer.Exit(Exit.USAGE) from exc
+    except QueryError as exc:
+        err.print(f"[red]error:[/] {file}: {exc.message}")
+        raise typer.Exit(Exit.INVALID) from exc
+    for u in adv.unsupported:
+        err.print(f"[yellow]warning:[/] {adv.id}: cannot answer for {u} (only deb, rpm, apk)")
+    if not adv.ranges:
+        err.print(f"[red]error:[/] {adv.id}: no deb, rpm or apk package range to query")
+        raise typer.Exit(Exit.INVALID)
+    try:
+        res = _query(ctx.obj, list(adv.ranges), max_age, timeout)
+    except HidsError as exc:
+        raise _fail(exc) from exc
+    _report(res, adv.id, as_json, {"advisory": {"id": adv.id, "summary": adv.summary,
+                                                "aliases": list(adv.aliases)},
+                                   "unsupported": list(adv.unsupported)})  # fmt: skip
+
+
+controllers_app = typer.Typer(help="The controllers and how they divide the work.",
+                              no_args_is_help=True)  # fmt: skip
+
+
+@controllers_app.command("list")
+def controllers_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Every live controller: heartbeats and acks it received, what it forwarded, its view."""
+    res = _run(lambda: _ask(ctx.obj, "controllers", {}, timeout_s=5.0))
+    if as_json:
+        _emit_json(res)
+        return
+    t = Table(title=f"{len(res['controllers'])} controllers")
+    for col in ("name", "id", "uptime", "heartbeats", "acks", "forwarded in", "agents",
+                "inventories"):  # fmt: skip
+        t.add_column(col)
+    for c in res["controllers"]:
+        if c.get("error"):
+            t.add_row("?", c["id"], f"[red]{c['error']}[/]", "", "", "", "", "")
+            continue
+        n = c["counters"]
+        fwd = n.get("heartbeats_forwarded_in", 0) + n.get("acks_forwarded_in", 0)
+        t.add_row(c["name"], c["id"], f"{c['uptime_s']:.0f}s", str(n.get("heartbeats", 0)),
+                  str(n.get("acks", 0)), str(fwd), str(c["agents"]),
+                  str(c["inventory_hosts"]))  # fmt: skip
+    out.print(t)

@@ -1,0 +1,84 @@
+"""The controller cluster on a real NATS: forwarding, membership, and a split request whose
+member dies mid-share (its share redone by the coordinator). In-process, deterministic."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+import msgpack
+from nats.aio.msg import Msg
+from support import Stack, wait_for
+
+from controller.cluster import Cluster
+from controller.presence import HeartbeatMeta
+from hidsd.bus.protocol import (
+    Ack,
+    AckStatus,
+    Heartbeat,
+    RunMode,
+    Subjects,
+    encode_ack,
+    encode_heartbeat,
+)
+from hidsd.bus.transport import Bus, BusOptions
+
+
+async def member(stack: Stack, subjects: Subjects, name: str, delay: float = 0.0) -> Any:
+    bus = Bus(BusOptions(servers=(stack.nats.url,), name=f"test-{name}"))
+    await bus.connect()
+    got: dict[str, list[Any]] = {"hb": [], "acks": []}
+    c = Cluster(name, subjects, bus, lambda m, raw: got["hb"].append((m, raw)),
+                got["acks"].append, flush_s=0.05, announce_s=0.2)  # fmt: skip
+
+    async def share(params: dict[str, Any]) -> Any:
+        await asyncio.sleep(delay)
+        return {"by": name, "shard": params["shard"], "members": params["members"]}
+
+    async def on_peer(msg: Msg) -> None:
+        result = await share(msgpack.unpackb(msg.data, raw=False))
+        await bus.publish(msg.reply, msgpack.packb({"ok": True, "result": result}))
+
+    await bus.subscribe(subjects.ctl_sync(), c.on_sync)
+    await bus.subscribe(subjects.ctl_peer(c.id, "*"), on_peer)
+    return c, bus, got, share
+
+
+async def test_forwarding_membership_and_a_share_redone(stack: Stack) -> None:
+    subjects = Subjects(f"cl{secrets.token_hex(3)}")
+    a, abus, agot, ashare = await member(stack, subjects, "a")
+    b, bbus, bgot, _ = await member(stack, subjects, "b")
+    c, cbus, _, _ = await member(stack, subjects, "c", delay=5.0)  # a slow share
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(x.run()) for x in (a, b, c)]
+        await wait_for(lambda: len(a.alive()) == len(b.alive()) == len(c.alive()) == 3, 5)
+
+        hb = Heartbeat(host="h1", version="t", groups=("g",), mode=RunMode.RUNNING,
+                       applied_rev=1, held=False, interval_s=1.0, seq=1, sent_at=1.0,
+                       uptime_s=1.0, cpu_pct=0.0, rss_bytes=1)  # fmt: skip
+        raw = encode_heartbeat(hb)
+        a.forward_heartbeat(hb, raw)
+        ack = encode_ack(Ack("cmd-1", "h1", AckStatus.APPLIED, 5, "x"))
+        a.forward_ack(ack)
+        await wait_for(lambda: bgot["hb"] and bgot["acks"], 5, "forwarded to b")
+        assert bgot["hb"] == [(HeartbeatMeta.of(hb), raw)] and bgot["acks"] == [ack]
+        assert agot["hb"] == []  # not to itself
+
+        # c dies with its share in flight: a redoes c's share itself; b answers its own
+        scatter = asyncio.ensure_future(a.scatter("query", {"q": 1}, ashare, timeout_s=1.0))
+        await asyncio.sleep(0.3)
+        await cbus.close(0.1)
+        results, how = await scatter
+        assert set(results) == {a.id, b.id, c.id}
+        assert how[a.id] == "local" and how[b.id] == "answered"
+        assert how[c.id].startswith("redone here")
+        assert results[c.id] == {"by": "a", "shard": c.id, "members": sorted([a.id, b.id, c.id])}
+        assert results[b.id]["by"] == "b"
+        # and c drops out of the membership once its announcements stop
+        a.member_timeout_s = 0.5
+        await wait_for(lambda: c.id not in a.alive(), 5, "c gone")
+        for t in tasks:
+            t.cancel()
+    await abus.close(0.1)
+    await bbus.close(0.1)
