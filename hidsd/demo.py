@@ -1,9 +1,11 @@
 """`make demo`: a local embedded stack and the kill switch, end to end, for a human.
 
-Starts nats-server and etcd (from their pip wheels) on free loopback ports, one
-hidsd-controller and three hidsd agents (different host ids and groups), then runs the real
-`hidsctl` commands an operator would: list agents, pull the emergency kill switch (live ack
-progress and summary), show the stopped fleet, resume, and tear everything down. Every child
+Starts nats-server and etcd (from their pip wheels) on free loopback ports, two
+hidsd-controllers (dividing the work) and three hidsd agents (different host ids and groups),
+then runs the real `hidsctl` commands an operator would: list agents, pull the emergency kill
+switch (live ack progress and summary), show the stopped fleet, resume, versioned config,
+plugins and telemetry, a fleet vulnerability query, a circuit-breaker drill, and tear
+everything down. Every child
 dies with this process (PR_SET_PDEATHSIG), and Ctrl-C at any point tears down the same way.
 """
 
@@ -98,10 +100,28 @@ params = { mode = "burn" }
 """
 
 
+def _fleet_query(env: dict[str, str]) -> int:
+    """Which hosts run an affected openssl: answered from the controllers' inventory index
+    (the inventory plugin enabled in step 6 reports this machine's dpkg database)."""
+    console.print(Rule("7. fleet query (R5) over two controllers (R13)"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the first inventories take a moment
+        st = _hidsctl_json(env, "controllers", "list")["controllers"]
+        if st and all(c.get("inventory_hosts", 0) >= len(AGENTS) for c in st):
+            break
+        time.sleep(0.5)
+    _hidsctl(env, "controllers", "list")
+    # every demo agent runs this machine's openssl: pick a range that covers it
+    rc = _hidsctl(env, "query", "package", "openssl", "--affected", "vers:deb/<99")
+    if rc not in (0, 10):  # 10 = complete, affected hosts found
+        return rc
+    return 0
+
+
 def _breaker_drill(env: dict[str, str], work: Path) -> int:
     """A plugin burning a core on one host: throttled, shed, restored (half-open), caught
     again and denylisted, back to normal; the other plugins keep running."""
-    console.print(Rule("7. circuit breaker drill (E5)"))
+    console.print(Rule("8. circuit breaker drill (E5)"))
     drill_file = work / "drill.toml"
     drill_file.write_text(DRILL)
     rc = _hidsctl(env, "config", "set", str(drill_file), "--scope", "host:demo-db-1",
@@ -162,16 +182,19 @@ def main() -> int:
         console.print(f"agent users: {', '.join(u for u, _ in agent_pw.values())} "
                       "(each reads only the keys that govern it)")  # fmt: skip
         env = {**base_env, "HIDSCTL_ETCD_USER": "alice", "HIDSCTL_ETCD_PASSWORD": "alice-demo-pw"}
-        procs.append(
-            spawn(
-                [sys.executable, "-m", "controller.main", "--nats", nats.url, "--sys-nats",
-                 nats.sys_url, "--etcd", etcd.endpoints[0], "--name", "demo-controller",
-                 "--log-format", "json"],
-                work / "controller.log",
-                env={**os.environ, "HIDSD_CONTROLLER_ETCD_USER": "controller",
-                     "HIDSD_CONTROLLER_ETCD_PASSWORD": "controller-demo-pw"},
-            )
-        )  # fmt: skip
+        for cname in ("demo-controller-1", "demo-controller-2"):  # they divide the work
+            procs.append(
+                spawn(
+                    [sys.executable, "-m", "controller.main", "--nats", nats.url, "--sys-nats",
+                     nats.sys_url, "--etcd", etcd.endpoints[0], "--name", cname,
+                     "--log-format", "json"],
+                    work / f"{cname}.log",
+                    env={**os.environ, "HIDSD_CONTROLLER_ETCD_USER": "controller",
+                         "HIDSD_CONTROLLER_ETCD_PASSWORD": "controller-demo-pw",
+                         "HIDSD_CONTROLLER_STREAM_MAX_BYTES": str(256 << 20),
+                         "HIDSD_CONTROLLER_INVENTORY_MAX_BYTES": str(64 << 20)},
+                )
+            )  # fmt: skip
         for host, groups in AGENTS:
             cfg = _agent_config(work, host, groups, pub, nats.url, etcd.endpoints, agent_pw[host])
             procs.append(
@@ -179,7 +202,7 @@ def main() -> int:
                     [sys.executable, "-m", "hidsd.core.main", "-c", str(cfg)], work / f"{host}.log"
                 )
             )
-        console.print("started hidsd-controller and 3 hidsd agents; waiting for them to report")
+        console.print("started 2 hidsd-controllers and 3 hidsd agents; waiting for them")
         _wait_online(env, len(AGENTS))
 
         console.print(Rule("1. the fleet"))
@@ -215,8 +238,9 @@ def main() -> int:
         _hidsctl(env, "plugins", "status")
         _hidsctl(env, "events", "tail", "--plugin", "procmon", "--since", "1m", "--count", "3",
                  "--idle-exit", "5")  # fmt: skip
+        query_rc = _fleet_query(env)
         drill_rc = _breaker_drill(env, work)
-        rcs = (stop_rc, resume_rc, set_rc, plug_rc, drill_rc)
+        rcs = (stop_rc, resume_rc, set_rc, plug_rc, query_rc, drill_rc)
         code = 0 if all(rc == 0 for rc in rcs) else 1
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted: tearing down[/]")

@@ -61,16 +61,15 @@ def _report(res: dict[str, Any], title: str, as_json: bool, extra: dict[str, Any
     else:
         if res["matched"]:
             t = Table(title=f"{title}: {c['matched']} affected hosts")
-            for col in ("host", "liveness", "package", "installed", "affected range", "source",
-                        "inventory age"):  # fmt: skip
+            for col in ("host", "liveness", "installed", "affected range (source)", "age"):
                 t.add_column(col, no_wrap=col in ("host", "installed"))
             for row in res["matched"]:
                 for p in row["packages"]:
                     live = row["liveness"]
                     color = "green" if live == "online" else "yellow"
+                    src = f" ({p['source']})" if p.get("source") not in (None, "", "cli") else ""
                     t.add_row(row["host"], f"[{color}]{live}[/]",
-                              f"{p['ecosystem']}/{p['package']}", f"[red]{p['version']}[/]",
-                              p["range"], p.get("source") or "-",
+                              f"{p['package']} [red]{p['version']}[/]", p["range"] + src,
                               _age(row.get("inventory_age_s")))  # fmt: skip
             out.print(t)
         s = Table(title=f"{title}: accounting", show_header=False)
@@ -167,9 +166,8 @@ def controllers_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         _emit_json(res)
         return
     t = Table(title=f"{len(res['controllers'])} controllers")
-    for col in ("name", "id", "uptime", "heartbeats", "acks", "forwarded in", "agents",
-                "inventories"):  # fmt: skip
-        t.add_column(col)
+    for col in ("name", "id", "up", "heartbeats", "acks", "fwd in", "agents", "inventories"):
+        t.add_column(col, no_wrap=col == "name")
     for c in res["controllers"]:
         if c.get("error"):
             t.add_row("?", c["id"], f"[red]{c['error']}[/]", "", "", "", "", "")
