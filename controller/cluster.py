@@ -31,9 +31,8 @@ import structlog
 from nats.aio.msg import Msg
 
 from controller.presence import HeartbeatMeta
-from hidsd.bus.protocol import Heartbeat, Subjects
+from hidsd.bus.protocol import Heartbeat, Subjects, decode_reply, encode_request
 from hidsd.bus.transport import Bus
-from hidsd.core.errors import ProtocolError
 
 #: a batch bigger than this is flushed at once (NATS max_payload is 1 MiB)
 FLUSH_BYTES = 512 << 10
@@ -194,13 +193,11 @@ class Cluster:
                 return await local(shares[mid])
             try:
                 data = await self.bus.request(
-                    self.subjects.ctl_peer(mid, verb), msgpack.packb(shares[mid]), timeout_s
+                    self.subjects.ctl_peer(mid, verb), encode_request(shares[mid]), timeout_s
                 )
-                reply = msgpack.unpackb(data, raw=False)
-                if not reply.get("ok"):
-                    raise ProtocolError(str(reply.get("error", "peer error")))
+                result = decode_reply(data)  # raises with the peer's error message
                 how[mid] = "answered"
-                return reply["result"]
+                return result
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

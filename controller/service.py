@@ -271,13 +271,31 @@ class Controller:
     async def on_request(self, msg: Msg) -> None:
         verb = msg.subject.rsplit(".ctl.", 1)[-1]
         handler = self.handlers.get(verb)
-        try:
+
+        async def answer() -> Any:
             if handler is None:
                 raise ProtocolError(f"unknown request {verb!r}")
-            params = decode_request(msg.data)
-            reply = encode_reply(await handler(params))
+            return await handler(decode_request(msg.data))
+
+        await self._answer(msg, verb, answer)
+
+    async def _answer(self, msg: Msg, verb: str, answer: Callable[[], Awaitable[Any]]) -> None:
+        """Always reply: an error the operator can read beats a timeout they cannot."""
+        try:
+            reply = encode_reply(await answer())
         except HidsError as exc:
             reply = encode_reply(error=exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: say so, and keep serving
+            self.counters["request_errors"] += 1
+            self.log.exception("request_failed", verb=verb)
+            reply = encode_reply(error=f"internal error in {verb}: {type(exc).__name__}: {exc}")
+        limit = self.bus.client.max_payload if self.bus.connected else len(reply)
+        if len(reply) > limit:
+            self.counters["replies_too_large"] += 1
+            reply = encode_reply(error=f"{verb}: the answer is {len(reply)} bytes, over NATS's "
+                                       f"max_payload ({limit}); narrow the request")  # fmt: skip
         if msg.reply:
             await self.bus.publish(msg.reply, reply)
 
@@ -612,21 +630,15 @@ class Controller:
 
     async def on_peer_request(self, msg: Msg) -> None:
         """A coordinator's request for this controller's share of split work."""
-        import msgpack
-
         verb = msg.subject.rsplit(".", 1)[-1]
         handler = self.peer_handlers.get(verb)
-        try:
+
+        async def answer() -> Any:
             if handler is None:
                 raise ProtocolError(f"unknown peer request {verb!r}")
-            params = msgpack.unpackb(msg.data, raw=False)
-            if not isinstance(params, dict):
-                raise ProtocolError("peer request: expected a map")
-            reply = {"ok": True, "result": await handler(params)}
-        except HidsError as exc:
-            reply = {"ok": False, "error": exc.message}
-        if msg.reply:
-            await self.bus.publish(msg.reply, msgpack.packb(reply, use_bin_type=True))
+            return await handler(decode_request(msg.data))
+
+        await self._answer(msg, f"peer {verb}", answer)
 
     async def _query_share(self, params: dict[str, Any]) -> Any:
         """Evaluate the hosts of one share (those `shard` owns among `members`)."""

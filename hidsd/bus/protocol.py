@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -710,10 +711,20 @@ def decode_request(data: bytes) -> dict[str, Any]:
     return m
 
 
+#: replies above this are zlib-compressed (a fleet-wide query answer lists every host; NATS's
+#: max_payload is 1 MiB by default)
+REPLY_COMPRESS_BYTES = 64 << 10
+#: a compressed reply may not expand beyond this
+REPLY_MAX_BYTES = 256 << 20
+
+
 def encode_reply(result: Any = None, error: str | None = None) -> bytes:
     if error is not None:
         return _pack({"ok": False, "error": error})
-    return _pack({"ok": True, "result": result})
+    body = _pack({"ok": True, "result": result})
+    if len(body) > REPLY_COMPRESS_BYTES:
+        body = _pack({"ok": True, "z": zlib.compress(_pack(result), 6)})
+    return body
 
 
 def decode_reply(data: bytes) -> Any:
@@ -723,4 +734,13 @@ def decode_reply(data: bytes) -> Any:
         raise ProtocolError("reply: expected a map with 'ok'")
     if not m["ok"]:
         raise ProtocolError(f"controller error: {m.get('error', 'unknown')}")
+    if "z" in m:
+        try:
+            z = zlib.decompressobj()
+            raw = z.decompress(m["z"], REPLY_MAX_BYTES)
+        except (zlib.error, TypeError) as exc:
+            raise ProtocolError(f"reply: bad compressed body ({exc})") from exc
+        if z.unconsumed_tail:
+            raise ProtocolError(f"reply: expands beyond {REPLY_MAX_BYTES} bytes")
+        return _unpack(raw, "reply")
     return m.get("result")

@@ -780,3 +780,22 @@ def test_hostile_msgpack(name: str, data: bytes) -> None:
         assert not call(DECODERS[name], data)
     else:
         call(DECODERS[name], data)
+
+
+def test_large_replies_are_compressed_and_bounded() -> None:
+    """A fleet-wide answer lists every host: compressed above 64 kB, checked on the way in."""
+    import zlib
+
+    from hidsd.bus.protocol import REPLY_COMPRESS_BYTES, _pack, decode_reply, encode_reply
+
+    big = {"hosts": [{"host": f"host-{i:05d}", "liveness": "online"} for i in range(20000)]}
+    data = encode_reply(big)
+    assert len(data) < REPLY_COMPRESS_BYTES * 4 < len(_pack(big))
+    assert decode_reply(data) == big
+    small = encode_reply({"a": 1})
+    assert decode_reply(small) == {"a": 1} and b"result" in small
+    with pytest.raises(ProtocolError, match="bad compressed body"):
+        decode_reply(_pack({"ok": True, "z": b"not zlib"}))
+    bomb = zlib.compress(b"\x00" * (300 << 20))
+    with pytest.raises(ProtocolError, match="expands beyond"):
+        decode_reply(_pack({"ok": True, "z": bomb}))
