@@ -2,7 +2,8 @@
 
 Heartbeats and acks reach one controller each (a NATS queue group): that one decodes and
 checks the message, applies it, and forwards a compact copy to its peers in a batch every
-`flush_s` (raw heartbeat bytes plus the few fields presence needs, raw ack bytes). Every
+`flush_s`: the few fields presence needs, plus the heartbeat's raw bytes only when something
+a view shows changed (or every `body_every_s`), and raw ack bytes. Every
 controller so ends up with the whole picture (presence, ack ledger) while each message is
 received and validated once: adding a controller adds capacity, and killing one loses only
 the batch it had not flushed yet (at most `flush_s` of work; agents' next heartbeats repair
@@ -46,6 +47,16 @@ class Member:
     started: float
 
 
+def _significant(hb: Heartbeat) -> int:
+    """What views show that changes rarely: forward the body when this changes."""
+    plugins = tuple(sorted((n, str(p.get("state"))) for n, p in hb.plugins.items()
+                           if isinstance(p, dict)))  # fmt: skip
+    cfg = hb.config or {}
+    return hash((hb.mode, hb.applied_rev, hb.held, hb.groups, hb.version,
+                 str(cfg.get("fingerprint")), str(cfg.get("status")), str(cfg.get("versions")),
+                 str((hb.breaker or {}).get("state")), plugins, hb.interval_s))  # fmt: skip
+
+
 def owner(host: str, members: Sequence[str]) -> str:
     """Rendezvous hashing: the member that owns `host`. Removing a member moves only its
     hosts; every controller computes the same answer from the same list."""
@@ -61,11 +72,12 @@ class Cluster:
     name: str
     subjects: Subjects
     bus: Bus
-    on_heartbeat: Callable[[HeartbeatMeta, bytes], None]
+    on_heartbeat: Callable[[HeartbeatMeta, bytes | None], None]
     on_ack: Callable[[bytes], None]
     flush_s: float = 0.25
     announce_s: float = 1.0
     member_timeout_s: float = 3.5
+    body_every_s: float = 60.0
     id: str = field(default_factory=lambda: secrets.token_hex(4))
     started: float = field(default_factory=time.time)
     members: dict[str, Member] = field(default_factory=dict)
@@ -74,6 +86,7 @@ class Cluster:
     def __post_init__(self) -> None:
         self.log: Any = structlog.get_logger("hidsd.controller.cluster").bind(name=self.name)
         self._hb: list[list[Any]] = []
+        self._sent: dict[str, tuple[int, float]] = {}  # host -> (significant hash, when)
         self._acks: list[bytes] = []
         self._bytes = 0
         self._flush_now = asyncio.Event()
@@ -85,8 +98,20 @@ class Cluster:
     # ------------------------------------------------------------------ out
 
     def forward_heartbeat(self, hb: Heartbeat, raw: bytes) -> None:
-        self._hb.append([*HeartbeatMeta.of(hb).to_list(), raw])
-        self._grow(len(raw))
+        """Liveness always; the body only when something an operator looks at changed (run
+        mode, revision, config, breaker, plugin states), or every `body_every_s` anyway, so
+        peers' detail views lag by at most that while forwarding stays small."""
+        meta = HeartbeatMeta.of(hb).to_list()
+        sig = _significant(hb)
+        now = time.monotonic()
+        last = self._sent.get(hb.host)
+        if last is None or last[0] != sig or now - last[1] >= self.body_every_s or hb.bye:
+            self._sent[hb.host] = (sig, now)
+            self._hb.append([*meta, raw])
+            self._grow(len(raw))
+        else:
+            self._hb.append([*meta, None])
+            self._grow(48)
 
     def forward_ack(self, raw: bytes) -> None:
         self._acks.append(raw)
@@ -145,7 +170,7 @@ class Cluster:
         for item in hbs:
             try:
                 meta = HeartbeatMeta.from_list(item[:6])
-                raw = bytes(item[6])
+                raw = None if item[6] is None else bytes(item[6])
             except (ValueError, TypeError, IndexError) as exc:
                 self._count("bad_sync")
                 self.log.warning("bad_sync_item", error=str(exc))

@@ -129,20 +129,23 @@ class Presence:
     def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
         self._update(HeartbeatMeta.of(hb), now, decoded=hb)
 
-    def on_forwarded(self, meta: HeartbeatMeta, raw: bytes, now: float) -> None:
-        """A heartbeat another controller received and validated."""
-        self._update(meta, now, raw=raw)
+    def on_forwarded(self, meta: HeartbeatMeta, raw: bytes | None, now: float) -> None:
+        """A heartbeat another controller received and validated; without `raw` (nothing an
+        operator looks at changed) only liveness moves and the body we hold stays."""
+        self._update(meta, now, raw=raw, keep_body=raw is None)
 
     def _update(
         self, meta: HeartbeatMeta, now: float, decoded: Heartbeat | None = None,
-        raw: bytes | None = None,
+        raw: bytes | None = None, keep_body: bool = False,
     ) -> None:  # fmt: skip
         rec = self.agents.get(meta.host)
         if rec is None:
             rec = self.agents[meta.host] = AgentRecord(meta.host, changed_at=now)
         elif rec.meta is not None and (meta.sent_at, meta.seq) < (rec.meta.sent_at, rec.meta.seq):
             return  # an older one, forwarded late
-        rec.meta, rec.decoded, rec.raw = meta, decoded, raw
+        rec.meta = meta
+        if not keep_body:
+            rec.decoded, rec.raw = decoded, raw
         rec.last_seen = now
         if meta.bye:
             self._set(rec, Liveness.OFFLINE, "shut down", now)

@@ -201,7 +201,7 @@ class Controller:
         if was is not rec.liveness:
             self.log.info("presence", host=host, liveness=rec.liveness.value, reason=rec.reason)
 
-    def _on_forwarded_heartbeat(self, meta: HeartbeatMeta, raw: bytes) -> None:
+    def _on_forwarded_heartbeat(self, meta: HeartbeatMeta, raw: bytes | None) -> None:
         before = self.presence.agents.get(meta.host)
         was = before.liveness if before else None
         self.presence.on_forwarded(meta, raw, time.time())

@@ -45,9 +45,14 @@ def test_forwarded_heartbeat_updates_presence_and_decodes_lazily() -> None:
     bye = hb("h1", 3, 102.0, bye=True)
     p.on_forwarded(HeartbeatMeta.of(bye), encode_heartbeat(bye), now=4.0)
     assert rec.liveness is Liveness.OFFLINE and rec.reason == "shut down"
+    # a forwarded liveness-only update (nothing shown changed) keeps the body we hold
+    again = hb("h1", 4, 103.0)
+    p.on_forwarded(HeartbeatMeta.of(again), None, now=4.5)
+    assert rec.liveness is Liveness.ONLINE and rec.meta is not None and rec.meta.seq == 4
+    assert rec.heartbeat is not None and rec.heartbeat.seq == 3
     # the heartbeat timeout works from forwarded ones too
     p.on_forwarded(HeartbeatMeta.of(hb("h2", 1, 100.0)), encode_heartbeat(hb("h2", 1, 100.0)), 5.0)
-    assert p.sweep(now=5.5) == [] and p.sweep(now=9.0) == ["h2"]
+    assert p.sweep(now=5.5) == [] and p.sweep(now=9.0) == ["h1", "h2"]
 
 
 def test_meta_round_trip() -> None:

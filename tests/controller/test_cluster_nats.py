@@ -64,6 +64,17 @@ async def test_forwarding_membership_and_a_share_redone(stack: Stack) -> None:
         await wait_for(lambda: bgot["hb"] and bgot["acks"], 5, "forwarded to b")
         assert bgot["hb"] == [(HeartbeatMeta.of(hb), raw)] and bgot["acks"] == [ack]
         assert agot["hb"] == []  # not to itself
+        # the next one changes nothing an operator sees: liveness only, no body
+        from dataclasses import replace
+
+        hb2 = replace(hb, seq=2, sent_at=2.0, cpu_pct=5.0)
+        a.forward_heartbeat(hb2, encode_heartbeat(hb2))
+        await wait_for(lambda: len(bgot["hb"]) == 2, 5)
+        assert bgot["hb"][1] == (HeartbeatMeta.of(hb2), None)
+        hb3 = replace(hb, seq=3, sent_at=3.0, mode=RunMode.STOPPED)  # a change: body again
+        a.forward_heartbeat(hb3, encode_heartbeat(hb3))
+        await wait_for(lambda: len(bgot["hb"]) == 3, 5)
+        assert bgot["hb"][2] == (HeartbeatMeta.of(hb3), encode_heartbeat(hb3))
 
         # c dies with its share in flight: a redoes c's share itself; b answers its own
         scatter = asyncio.ensure_future(a.scatter("query", {"q": 1}, ashare, timeout_s=1.0))
