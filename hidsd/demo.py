@@ -88,9 +88,6 @@ window_s = 2.0
 grace_s = 0.0
 cooldown_s = 2.0
 cooldown_max_s = 8.0
-cpu_throttle_pct = 30.0
-cpu_shed_pct = 60.0
-cpu_trip_pct = 100000.0
 host_cpu_pressure_pct = 100.0
 
 [plugins.drill]

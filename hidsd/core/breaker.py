@@ -58,9 +58,9 @@ class BreakerConfig:
     window_s: float = 12.0
     grace_s: float = 60.0
     #: the agent plus its plugins, in percent of one core
-    cpu_throttle_pct: float = 10.0
-    cpu_shed_pct: float = 25.0
-    cpu_trip_pct: float = 60.0
+    cpu_throttle_pct: float = 5.0
+    cpu_shed_pct: float = 9.0
+    cpu_trip_pct: float = 50.0
     mem_throttle_mb: float = 300.0
     mem_shed_mb: float = 400.0
     mem_trip_mb: float = 500.0

@@ -94,7 +94,7 @@ class Limits:
     """Kernel-enforced caps; 0 means none."""
 
     #: hard cap for all plugins together (<root>/plugins), percent of one core
-    cpu_quota_pct: float = 30.0
+    cpu_quota_pct: float = 10.0
     #: hard cap for agent + plugins (<root>); swap included, so it really caps
     memory_max_mb: int = 640
     #: v2 memory.high on <root> (reclaim and slow down above it); v1 memory.soft_limit_in_bytes

@@ -18,7 +18,11 @@ from hidsd.core.breaker import (
 )
 
 S = BreakerState
-CFG = BreakerConfig(interval_s=1, window_s=3, grace_s=5, cooldown_s=4, cooldown_max_s=16,
+CFG = BreakerConfig(
+    cpu_throttle_pct=10.0,
+    cpu_shed_pct=25.0,
+    cpu_trip_pct=60.0,
+    interval_s=1, window_s=3, grace_s=5, cooldown_s=4, cooldown_max_s=16,
                     denylist_s=100)  # fmt: skip
 WANTED = {"procmon": 80, "inventory": 60, "drill": 10}
 

@@ -401,7 +401,7 @@ def test_package_state_record_for_the_query_index(tmp_path: Path) -> None:
         rows = msgpack.unpackb(zlib.decompress(first["packages_z"]), raw=False)
         assert (first["os_id"], first["os_version"], first["reason"]) == ("debian", "12", "start")
         assert first["count"] == len(rows)
-        assert ["deb", "openssl", "3.0.11-1~deb12u2", "amd64"] == rows_of(rows, "openssl")[:4]
+        assert rows_of(rows, "openssl")[:4] == ["deb", "openssl", "3.0.11-1~deb12u2", "amd64"]
         assert rows == sorted(rows)
         libssl = rows_of(rows, "libssl3")
         assert libssl[4] == "openssl"  # its source package travels with it
@@ -413,5 +413,5 @@ def test_package_state_record_for_the_query_index(tmp_path: Path) -> None:
         status.write_text(status.read_text().replace("3.0.11-1~deb12u2", "3.0.13-1~deb12u1"))
         new = p.wait_for(DataType.PACKAGES_STATE, since=mark)
         rows = msgpack.unpackb(zlib.decompress(new["packages_z"]), raw=False)
-        assert ["deb", "openssl", "3.0.13-1~deb12u1", "amd64"] == rows_of(rows, "openssl")[:4]
+        assert rows_of(rows, "openssl")[:4] == ["deb", "openssl", "3.0.13-1~deb12u1", "amd64"]
         assert new["digest"] != first["digest"] and new["reason"] == "interval"
