@@ -92,6 +92,9 @@ class PluginLoad:
     cpu_pct: float
     mem_bytes: int
     records_per_s: float
+    #: the kernel's CPU cap on it now, % of a core (None: no cgroup); a plugin pinned at its
+    #: cap is breaching even though the cap keeps the number low
+    cap_pct: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,10 @@ class Assessment:
     detail: str = ""
 
 
+#: a plugin using this share of its kernel CPU cap, window after window, is pinned at it
+PINNED_FRACTION = 0.9
+
+
 def _grade(value: float, throttle: float, shed: float, trip: float) -> int:
     return 3 if value >= trip else 2 if value >= shed else 1 if value >= throttle else 0
 
@@ -151,6 +158,13 @@ def assess(cfg: BreakerConfig, s: Sample) -> Assessment:
     if level:
         found.append(Assessment(level, Resource.MEMORY, _top(s.plugins, "mem_bytes"),
                                 f"agent+plugins memory {mem:.0f} MB"))  # fmt: skip
+    pinned = [n for n, p in s.plugins.items()
+              if p.cap_pct and p.cpu_pct >= PINNED_FRACTION * p.cap_pct]  # fmt: skip
+    if pinned:
+        worst = max(pinned, key=lambda n: s.plugins[n].cpu_pct)
+        found.append(Assessment(1, Resource.CPU, worst,
+                                f"{worst} pinned at its CPU cap "
+                                f"({s.plugins[worst].cpu_pct:.1f}% of a core)"))  # fmt: skip
     flooder = _top(s.plugins, "records_per_s")
     if flooder is not None:
         rate = s.plugins[flooder].records_per_s

@@ -144,7 +144,7 @@ class BreakerService:
         self.supervisor.set_blocked(self.breaker.blocked(sample.wanted))
         if self.breaker.throttled:
             self.supervisor.set_throttle(self.cfg.throttle_rate_factor, self.cfg.throttle_nice)
-            self._weights(0.1)
+            self._weights(self.cfg.throttle_rate_factor)
         else:
             self.supervisor.set_throttle(1.0, 0)
             self._weights(1.0)
@@ -155,6 +155,15 @@ class BreakerService:
                              reason=t.reason, offender=t.offender)  # fmt: skip
         self._pending.extend(changes)
         return changes
+
+    def _cap_pct(self) -> float | None:
+        """A plugin's kernel CPU cap now (the plugins' quota, cut while throttled)."""
+        if self.resources.mode is Accounting.PSUTIL or self.limits is None:
+            return None
+        pct = self.limits.cpu_quota_pct
+        if pct <= 0:
+            return None
+        return pct * (self.cfg.throttle_rate_factor if self.breaker.throttled else 1.0)
 
     def _weights(self, factor: float) -> None:
         if self.resources.mode is Accounting.PSUTIL:
@@ -187,7 +196,7 @@ class BreakerService:
                 cpu = max(0.0, (usage.cpu_s - prev[1]) / dt)
                 rate = max(0.0, (records - prev[2]) / dt)
             seen[name] = (now, usage.cpu_s, records)
-            plugins[name] = PluginLoad(cpu * 100, usage.mem_bytes, rate)
+            plugins[name] = PluginLoad(cpu * 100, usage.mem_bytes, rate, self._cap_pct())
         self._prev = seen
         hp = read_host_pressure()
         return Sample(

@@ -370,6 +370,13 @@ class _CgroupControl:
     def _write_weight(self, name: str, factor: float) -> None:
         raise NotImplementedError
 
+    def _plugin_quota_us(self, factor: float) -> int | None:
+        """A throttled plugin's own CPU cap: the plugins' quota times `factor` (None: none)."""
+        pct = self._limits.cpu_quota_pct if self._limits is not None else 0.0
+        if factor >= 1.0 or pct <= 0:
+            return None
+        return _cpu_quota_us(pct * factor)
+
     # -- the protocol
 
     def setup(self, pid: int | None = None) -> None:
@@ -599,8 +606,15 @@ class CgroupV1Control(_CgroupControl):
         return Usage(cpu_ns / 1e9, max(0, used - inactive))
 
     def _write_weight(self, name: str, factor: float) -> None:
+        d = self._root["cpu"] / "plugins" / name
         shares = max(2, int(1024 * factor))
-        _write(self._root["cpu"] / "plugins" / name / "cpu.shares", str(shares))
+        _write(d / "cpu.shares", str(shares))
+        # Weight only counts inside our own cgroup; the business is outside it. What slows a
+        # burning plugin against the host is its own quota: the plugins' quota times factor.
+        quota = self._plugin_quota_us(factor)
+        if quota is not None:
+            _write(d / "cpu.cfs_period_us", str(_CFS_PERIOD_US))
+        _write(d / "cpu.cfs_quota_us", str(-1 if quota is None else quota))
 
 
 def _v1_memory_limit(d: Path, mb: int) -> None:
@@ -683,8 +697,11 @@ class CgroupV2Control(_CgroupControl):
         return Usage(usec / 1e6, max(0, current - inactive))
 
     def _write_weight(self, name: str, factor: float) -> None:
+        d = self._root["cpu"] / "plugins" / name
         weight = min(10_000, max(1, int(100 * factor)))
-        _write(self._root["cpu"] / "plugins" / name / "cpu.weight", str(weight))
+        _write(d / "cpu.weight", str(weight))
+        quota = self._plugin_quota_us(factor)  # see the v1 twin: weight alone is not enough
+        _write(d / "cpu.max", "max" if quota is None else f"{quota} {_CFS_PERIOD_US}")
 
 
 def _v2_memory_max(d: Path, mb: int) -> None:

@@ -219,3 +219,17 @@ def test_report_shape(clock: Clock) -> None:
     r = clock.b.report(clock.t, 1000.0 + clock.t)
     assert r["state"] == "tripped" and r["hold_all"] and r["held"] == ["*"]
     assert r["denylist"]["drill"]["in_s"] == 100 and r["strikes"] == 1
+
+
+def test_a_plugin_pinned_at_its_cgroup_cap_is_throttled_then_shed(clock: Clock) -> None:
+    """With cgroups the kernel holds a burner to its cap, under every CPU threshold; sitting
+    at the cap window after window is the breach (otherwise throttling would flap)."""
+    clock.run(6, calm())
+    pinned = {**calm(), "drill": PluginLoad(2.4, 10 << 20, 0.0, cap_pct=2.5)}
+    assert clock.run(3, pinned) is S.THROTTLED
+    assert "drill pinned at its CPU cap" in clock.log[-1][3]
+    assert clock.run(3, pinned) is S.SHEDDING and clock.b.blocked(WANTED) == {"drill"}
+    # a plugin well under its cap is not pinned
+    c2 = Clock(Breaker(CFG, 0.0))
+    c2.run(6, {**calm(), "drill": PluginLoad(1.0, 10 << 20, 0.0, cap_pct=10.0)})
+    assert c2.b.state is S.NORMAL

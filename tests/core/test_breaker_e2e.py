@@ -41,8 +41,9 @@ BURN = '[plugins.drill]\nenabled = true\npriority = {priority}\nparams = {{ mode
 CALM_PLUGIN = "[plugins.procmon]\nenabled = true\npriority = 80\nparams = { scan_interval_s = 5 }\n"
 
 
-def breaker_toml(extra: str = "", plugins: str = "") -> str:
-    return FAST + extra + "\n" + CALM_PLUGIN + plugins
+def breaker_toml(extra: str = "", plugins: str = "", window_s: float = 2.0) -> str:
+    fast = FAST.replace("window_s = 2.0", f"window_s = {window_s}")
+    return fast + extra + "\n" + CALM_PLUGIN + plugins
 
 
 async def set_config(stack: Stack, text: str) -> None:
@@ -297,7 +298,7 @@ async def test_cgroup_cpu_burner_capped_and_shed_business_keeps_its_share(
         await set_config(stack, breaker_toml(
             "cpu_quota_pct = 20.0\ncpu_throttle_pct = 8.0\ncpu_shed_pct = 15.0\n"
             "cpu_trip_pct = 100000.0\n",
-            BURN.format(priority=1)))  # fmt: skip
+            BURN.format(priority=1), window_s=4.0))  # fmt: skip
         await wait_for(lambda: plugin(obs, "br-cg-cpu", "drill").get("pid"), 20, "drill up")
         drill = psutil.Process(plugin(obs, "br-cg-cpu", "drill")["pid"])
         t0, b0 = time.monotonic(), _cpu_s(pids)
@@ -311,8 +312,11 @@ async def test_cgroup_cpu_burner_capped_and_shed_business_keeps_its_share(
         await wait_for(lambda: plugin(obs, "br-cg-cpu", "drill").get("nice") == 10, 5)
         assert plugin(obs, "br-cg-cpu", "drill")["rate_factor"] == 0.25
         assert drill.nice() == 10
-        shares = [d / "plugins" / "drill" / "cpu.shares" for d in _cgroup_dirs(cgroup_name)]
-        assert [p.read_text().strip() for p in shares if p.exists()] == ["102"]
+        cpu = [d / "plugins" / "drill" for d in _cgroup_dirs(cgroup_name)
+               if (d / "plugins" / "drill" / "cpu.shares").exists()]  # fmt: skip
+        assert [(d / "cpu.shares").read_text().strip() for d in cpu] == ["256"]
+        # and its own kernel cap: the plugins' 20 % x throttle_rate_factor 0.25 = 5 %
+        assert [(d / "cpu.cfs_quota_us").read_text().strip() for d in cpu] == ["5000"]
         await wait_for(lambda: "shedding" in states(obs, "br-cg-cpu"), 30, "drill shed")
         await wait_for(lambda: not drill.is_running(), 10, "drill stopped")
         for e in obs.events:
