@@ -1,0 +1,641 @@
+"""Synthetic but realistic fleet data for `fleet_query.py` and `controller_scale.py`.
+
+A fleet's package sets are not random: hosts of one OS release run mostly the same packages
+at the same versions (one mirror, one patch cycle), a few hosts lag behind on some packages,
+and a few lag on many (unpatched for months). This module builds such a fleet, determined by
+a seed, without storing any data:
+
+* five OS groups (Debian 12 and 11, Ubuntu 22.04, RHEL 9 with rpm, Alpine 3.18 with apk),
+  each with its package universe: real packages that advisories name (openssl, curl, glibc,
+  ...), with real version histories, plus "filler" packages built from real project names in
+  each distribution's naming style (libfoo1, python3-foo, perl-Foo, py3-foo) whose binaries
+  share a source package, as they do;
+* per host: the group's base set (identical on every host of the group) plus extras, 1,000 to
+  1,500 packages in all; 65 % of hosts fully patched, 28 % lagging on 1-8 source packages,
+  7 % on 40-150 (one to three versions behind);
+* the PACKAGES_STATE record exactly as `hidsd.plugins.builtin.inventory.Inventory.report_state`
+  builds it (rows [eco, name, version, arch, source, source_version], sorted, msgpack, zlib
+  level 6; rpm source versions come from the source rpm's file name, without the epoch, as
+  `parse_rpm_output` reports them), framed as the plugin SDK frames it;
+* a heartbeat shaped like a real agent's (`HeartbeatService.build`: facts, config report,
+  four plugins' supervisor stats, breaker report, inventory output stats), about 1.5 KB;
+* the benchmark's queries: vers ranges for deb, rpm and apk, and OSV advisories (JSON as
+  osv.dev serves it) with several ranges, parsed by `hidsd.query.ranges` like hidsctl does;
+* `code_state`: which controller code a result was measured with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from hidsd import __version__
+from hidsd.bus.protocol import Heartbeat, RunMode
+from hidsd.plugins import frames
+from hidsd.plugins.builtin import DataType
+from hidsd.plugins.supervisor import RUNNER_COUNTERS
+from hidsd.plugins.telemetry import PIPELINE_COUNTERS
+
+Row = list[str]  # [eco, name, version, arch, source, source_version]
+
+
+@dataclass(frozen=True, slots=True)
+class OsGroup:
+    key: str
+    os_id: str
+    os_version: str  # VERSION_ID as os-release has it
+    eco: str
+    weight: int  # percent of the fleet
+    base: int  # packages every host of the group has
+
+
+OS_GROUPS: tuple[OsGroup, ...] = (
+    OsGroup("debian-12", "debian", "12", "deb", 35, 900),
+    OsGroup("debian-11", "debian", "11", "deb", 15, 900),
+    OsGroup("ubuntu-22.04", "ubuntu", "22.04", "deb", 25, 900),
+    OsGroup("rhel-9", "rhel", "9.3", "rpm", 15, 850),
+    OsGroup("alpine-3.18", "alpine", "3.18.4", "apk", 10, 850),
+)
+
+#: Real packages with real version histories (newest first), per OS group: source ->
+#: (binaries, versions). These are what the benchmark's queries ask about.
+CORE: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "debian-12": {
+        "openssl": (("openssl", "libssl3"), ("3.0.11-1~deb12u2", "3.0.11-1~deb12u1", "3.0.9-1")),
+        "curl": (
+            ("curl", "libcurl4", "libcurl3-gnutls"),
+            ("7.88.1-10+deb12u5", "7.88.1-10+deb12u4", "7.88.1-10+deb12u1"),
+        ),
+        "glibc": (
+            ("libc6", "libc-bin", "libc-l10n", "locales"),
+            ("2.36-9+deb12u4", "2.36-9+deb12u3", "2.36-9+deb12u1"),
+        ),
+        "openssh": (
+            ("openssh-client", "openssh-server", "openssh-sftp-server"),
+            ("1:9.2p1-2+deb12u2", "1:9.2p1-2+deb12u1", "1:9.2p1-2"),
+        ),
+        "systemd": (
+            ("systemd", "libsystemd0", "libudev1", "udev", "systemd-sysv"),
+            ("252.22-1~deb12u1", "252.21-1~deb12u1", "252.19-1~deb12u1"),
+        ),
+        "sudo": (("sudo",), ("1.9.13p3-1+deb12u1", "1.9.13p3-1")),
+        "zlib": (("zlib1g",), ("1:1.2.13.dfsg-1",)),
+        "libxml2": (("libxml2",), ("2.9.14+dfsg-1.3~deb12u1", "2.9.14+dfsg-1.3")),
+        "krb5": (
+            ("libkrb5-3", "libgssapi-krb5-2", "libk5crypto3", "libkrb5support0"),
+            ("1.20.1-2+deb12u1", "1.20.1-2"),
+        ),
+        "gnutls28": (("libgnutls30",), ("3.7.9-2+deb12u2", "3.7.9-2+deb12u1", "3.7.9-2")),
+        "xz-utils": (("xz-utils", "liblzma5"), ("5.4.1-0.2",)),
+        "tzdata": (("tzdata",), ("2024a-0+deb12u1", "2023c-5+deb12u1")),
+    },
+    "debian-11": {
+        "openssl": (
+            ("openssl", "libssl1.1"),
+            ("1.1.1w-0+deb11u1", "1.1.1v-0~deb11u1", "1.1.1n-0+deb11u5"),
+        ),
+        "curl": (
+            ("curl", "libcurl4", "libcurl3-gnutls"),
+            ("7.74.0-1.3+deb11u11", "7.74.0-1.3+deb11u10", "7.74.0-1.3+deb11u7"),
+        ),
+        "glibc": (
+            ("libc6", "libc-bin", "libc-l10n", "locales"),
+            ("2.31-13+deb11u8", "2.31-13+deb11u7", "2.31-13+deb11u6"),
+        ),
+        "openssh": (
+            ("openssh-client", "openssh-server", "openssh-sftp-server"),
+            ("1:8.4p1-5+deb11u3", "1:8.4p1-5+deb11u2", "1:8.4p1-5+deb11u1"),
+        ),
+        "systemd": (
+            ("systemd", "libsystemd0", "libudev1", "udev", "systemd-sysv"),
+            ("247.3-7+deb11u4", "247.3-7+deb11u2", "247.3-7+deb11u1"),
+        ),
+        "sudo": (("sudo",), ("1.9.5p2-3+deb11u1", "1.9.5p2-3")),
+        "zlib": (("zlib1g",), ("1:1.2.11.dfsg-2+deb11u2", "1:1.2.11.dfsg-2+deb11u1")),
+        "libxml2": (("libxml2",), ("2.9.10+dfsg-6.7+deb11u4", "2.9.10+dfsg-6.7+deb11u3")),
+        "krb5": (
+            ("libkrb5-3", "libgssapi-krb5-2", "libk5crypto3", "libkrb5support0"),
+            ("1.18.3-6+deb11u4", "1.18.3-6+deb11u3"),
+        ),
+        "gnutls28": (("libgnutls30",), ("3.7.1-5+deb11u4", "3.7.1-5+deb11u3")),
+        "xz-utils": (("xz-utils", "liblzma5"), ("5.2.5-2.1~deb11u1",)),
+        "tzdata": (("tzdata",), ("2024a-0+deb11u1", "2021a-1+deb11u11")),
+    },
+    "ubuntu-22.04": {
+        "openssl": (
+            ("openssl", "libssl3"),
+            ("3.0.2-0ubuntu1.15", "3.0.2-0ubuntu1.14", "3.0.2-0ubuntu1.12"),
+        ),
+        "curl": (
+            ("curl", "libcurl4", "libcurl3-gnutls"),
+            ("7.81.0-1ubuntu1.15", "7.81.0-1ubuntu1.14", "7.81.0-1ubuntu1.13"),
+        ),
+        "glibc": (
+            ("libc6", "libc-bin", "locales"),
+            ("2.35-0ubuntu3.6", "2.35-0ubuntu3.5", "2.35-0ubuntu3.4"),
+        ),
+        "openssh": (
+            ("openssh-client", "openssh-server", "openssh-sftp-server"),
+            ("1:8.9p1-3ubuntu0.6", "1:8.9p1-3ubuntu0.4", "1:8.9p1-3ubuntu0.3"),
+        ),
+        "systemd": (
+            ("systemd", "libsystemd0", "libudev1", "udev", "systemd-sysv"),
+            ("249.11-0ubuntu3.12", "249.11-0ubuntu3.11", "249.11-0ubuntu3.10"),
+        ),
+        "sudo": (("sudo",), ("1.9.9-1ubuntu2.4", "1.9.9-1ubuntu2.3")),
+        "zlib": (("zlib1g",), ("1:1.2.11.dfsg-2ubuntu9.2", "1:1.2.11.dfsg-2ubuntu9")),
+        "libxml2": (("libxml2",), ("2.9.13+dfsg-1ubuntu0.3", "2.9.13+dfsg-1ubuntu0.2")),
+        "krb5": (
+            ("libkrb5-3", "libgssapi-krb5-2", "libk5crypto3", "libkrb5support0"),
+            ("1.19.2-2ubuntu0.3", "1.19.2-2ubuntu0.2"),
+        ),
+        "gnutls28": (("libgnutls30",), ("3.7.3-4ubuntu1.4", "3.7.3-4ubuntu1.3")),
+        "xz-utils": (("xz-utils", "liblzma5"), ("5.2.5-2ubuntu1",)),
+        "tzdata": (("tzdata",), ("2024a-0ubuntu0.22.04", "2023c-0ubuntu0.22.04.2")),
+    },
+    "rhel-9": {
+        "openssl": (
+            ("openssl", "openssl-libs"),
+            ("1:3.0.7-27.el9", "1:3.0.7-25.el9_3", "1:3.0.7-24.el9"),
+        ),
+        "curl": (("curl", "libcurl"), ("7.76.1-26.el9_3.3", "7.76.1-26.el9_3.2", "7.76.1-23.el9")),
+        "glibc": (
+            ("glibc", "glibc-common", "glibc-minimal-langpack", "glibc-langpack-en"),
+            ("2.34-83.el9_3.12", "2.34-83.el9_3.7", "2.34-83.el9.7"),
+        ),
+        "openssh": (
+            ("openssh", "openssh-clients", "openssh-server"),
+            ("8.7p1-34.el9_3.3", "8.7p1-34.el9", "8.7p1-30.el9_2"),
+        ),
+        "systemd": (
+            ("systemd", "systemd-libs", "systemd-pam", "systemd-udev"),
+            ("252-18.el9", "252-14.el9_2.3"),
+        ),
+        "sudo": (("sudo",), ("1.9.5p2-10.el9_3", "1.9.5p2-9.el9")),
+        "zlib": (("zlib",), ("1.2.11-40.el9", "1.2.11-39.el9")),
+        "libxml2": (("libxml2",), ("2.9.13-5.el9_3", "2.9.13-3.el9_2.1")),
+        "krb5": (("krb5-libs",), ("1.21.1-1.el9", "1.20.1-9.el9_2")),
+        "gnutls": (("gnutls",), ("3.7.6-23.el9_3.3", "3.7.6-23.el9")),
+        "xz": (("xz", "xz-libs"), ("5.2.5-8.el9_0",)),
+        "tzdata": (("tzdata",), ("2024a-1.el9", "2023c-1.el9")),
+    },
+    "alpine-3.18": {
+        "openssl": (("openssl", "libssl3", "libcrypto3"), ("3.1.4-r5", "3.1.4-r1", "3.1.3-r0")),
+        "curl": (("curl", "libcurl"), ("8.5.0-r0", "8.4.0-r0", "8.3.0-r0")),
+        "musl": (("musl", "musl-utils"), ("1.2.4-r2", "1.2.4-r1")),
+        "openssh": (
+            ("openssh", "openssh-client-default", "openssh-server"),
+            ("9.3_p2-r1", "9.3_p2-r0", "9.3_p1-r3"),
+        ),
+        "busybox": (("busybox", "busybox-binsh", "ssl_client"), ("1.36.1-r5", "1.36.1-r2")),
+        "sudo": (("sudo",), ("1.9.13_p3-r2", "1.9.13_p3-r0")),
+        "zlib": (("zlib",), ("1.2.13-r1",)),
+        "libxml2": (("libxml2",), ("2.11.6-r0", "2.11.4-r0")),
+        "krb5": (("krb5-libs",), ("1.20.2-r0",)),
+        "gnutls": (("gnutls",), ("3.8.0-r2", "3.8.0-r0")),
+        "xz": (("xz", "xz-libs"), ("5.4.3-r0",)),
+        "tzdata": (("tzdata",), ("2024a-r0", "2023c-r1")),
+    },
+}
+
+#: Real project names; filler packages are built from them in each distribution's style.
+_STEM_TEXT = (
+    "acl attr audit avahi brotli bzip2 cairo cups cyrus-sasl dbus e2fsprogs elfutils expat file "
+    "flac fontconfig freetype fribidi gdbm gdk-pixbuf gettext glib gmp gpgme graphite2 gtk "
+    "harfbuzz icu jansson jbigkit json-c keyutils kmod lcms2 archive assuan bsd cap-ng edit "
+    "event ffi gcrypt gpg-error idn2 ksba mnl nl3 psl seccomp selinux sepol ssh tasn1 tirpc "
+    "unistring usb uv verto webp x11 xau xcb xdmcp xext xrender yaml lz4 lzo mpfr ncurses "
+    "nettle newt nghttp2 npth numactl oniguruma openldap opus p11-kit pango pcre2 pixman popt "
+    "protobuf readline slang snappy speex sqlite tcl tk wayland xxhash zstd apr aspell atk "
+    "augeas babeltrace bind boost c-ares ceph check chrony cjson cmocka colord coreutils cpio "
+    "cracklib cronie dav1d db dconf diffutils dmidecode dnsmasq dosfstools dracut ebtables "
+    "ethtool fftw findutils fuse gawk gc gd ghostscript giflib git gnupg gperftools grep groff "
+    "grub gsm gzip hdparm hwdata hunspell iproute iptables iputils jasper jq json-glib kbd less "
+    "libaio libarchive libcbor libdrm libepoxy libfido2 libgudev libinput libjpeg libmaxminddb "
+    "libnftnl libpcap libpng libsodium libssh2 libtool libuser libwacom libxkbcommon libxslt "
+    "lmdb logrotate lsof lua lvm2 m4 make man-db mariadb mdadm memcached mesa mpc nano nfs-utils "
+    "nftables nspr nss ntfs-3g oath-toolkit openjpeg openldap orc parted patch pciutils perl "
+    "pigz pinentry pkgconf polkit postfix procps psmisc pulseaudio python3 qrencode rdma-core "
+    "redis rpcbind rsync rsyslog ruby samba sed setools shadow slirp4netns socat sound-theme "
+    "squashfs strace sysstat tar tcpdump texinfo time tpm2-tss tree unbound unzip usbutils "
+    "util-linux vim wget which whois xfsprogs xmlsec1 xorg zip"
+)
+STEMS: tuple[str, ...] = tuple(_STEM_TEXT.split())
+
+
+def _seed(*parts: object) -> int:
+    """A stable seed (str hashes are salted per process; this is not)."""
+    return zlib.crc32("\0".join(map(str, parts)).encode())
+
+
+def _filler_binaries(eco: str, stem: str, rnd: random.Random) -> list[str]:
+    """A source package's binaries, named as the distribution names them."""
+    bare = stem[3:] if stem.startswith("lib") and len(stem) > 5 else stem
+    so = rnd.choice(["0", "1", "2", "3", "6", "-1.0-0", "1.0", "8"])
+    if eco == "deb":
+        pats = [
+            f"lib{bare}{so}",
+            f"lib{bare}-dev",
+            stem,
+            f"{stem}-common",
+            f"{stem}-data",
+            f"python3-{bare}",
+            f"lib{bare}-perl",
+            f"gir1.2-{bare}-1.0",
+            f"{stem}-doc",
+            f"ruby-{bare}",
+            f"node-{bare}",
+            f"golang-{bare}-dev",
+            f"lib{bare}-utils",
+        ]
+    elif eco == "rpm":
+        pats = [
+            stem,
+            f"{stem}-libs",
+            f"{stem}-devel",
+            f"{stem}-common",
+            f"python3-{bare}",
+            f"perl-{bare.capitalize()}",
+            f"{stem}-doc",
+            f"{stem}-tools",
+            f"{stem}-data",
+            f"rubygem-{bare}",
+            f"golang-{bare}",
+            f"{stem}-utils",
+            f"lib{bare}",
+        ]
+    else:
+        pats = [
+            stem,
+            f"{stem}-libs",
+            f"{stem}-dev",
+            f"{stem}-doc",
+            f"py3-{bare}",
+            f"perl-{bare}",
+            f"lib{bare}",
+            f"{stem}-openrc",
+            f"{stem}-utils",
+            f"{stem}-static",
+            f"ruby-{bare}",
+            f"{stem}-lang",
+            f"{stem}-data",
+        ]
+    return pats
+
+
+def _filler_versions(group: OsGroup, stem: str) -> tuple[str, ...]:
+    """A source package's version history (newest first) in the group's style."""
+    rnd = random.Random(_seed("ver", group.key, stem))
+    major, minor, patch = rnd.randint(0, 12), rnd.randint(0, 40), rnd.randint(0, 20)
+    if group.key == "debian-11":  # an older release: older upstream versions
+        minor = max(0, minor - rnd.randint(1, 6))
+    up = f"{major}.{minor}.{patch}"
+    if rnd.random() < 0.1:
+        up += "+dfsg" if group.eco == "deb" else ""
+    epoch = rnd.choice(["1:", "2:"]) if rnd.random() < 0.06 else ""
+    rev = rnd.randint(1, 9)
+    n = 3 if rnd.random() < 0.35 else 2
+    if group.key.startswith("debian"):
+        rel = group.os_version
+        if n == 3:
+            return (*(f"{epoch}{up}-{rev}+deb{rel}u{u}" for u in (2, 1)), f"{epoch}{up}-{rev}")
+        return (f"{epoch}{up}-{rev}", f"{epoch}{up}-{max(1, rev - 1)}~bpo{rel}+1")
+    if group.key.startswith("ubuntu"):
+        if n == 3:
+            return (
+                *(f"{epoch}{up}-{rev}ubuntu0.22.04.{u}" for u in (2, 1)),
+                f"{epoch}{up}-{rev}build1",
+            )
+        return (f"{epoch}{up}-{rev}ubuntu{rnd.randint(1, 5)}", f"{epoch}{up}-{rev}")
+    if group.eco == "rpm":
+        r = rnd.randint(2, 40)
+        if n == 3:
+            return (f"{epoch}{up}-{r}.el9_3.1", f"{epoch}{up}-{r}.el9", f"{epoch}{up}-{r - 1}.el9")
+        return (f"{epoch}{up}-{r}.el9", f"{epoch}{up}-{r - 1}.el9")
+    r = rnd.randint(1, 6)
+    return tuple(f"{up}-r{x}" for x in range(r, max(-1, r - n), -1))
+
+
+@dataclass(slots=True)
+class Source:
+    name: str
+    binaries: tuple[str, ...]
+    versions: tuple[str, ...]  # newest first
+    core: bool
+
+
+@dataclass(slots=True)
+class GroupCatalog:
+    """One OS group's package universe, its base set, and rows pre-built per version."""
+
+    group: OsGroup
+    sources: list[Source]
+    base: list[tuple[int, str]]  # (source index, binary) every host has
+    extras: list[tuple[int, str]]  # what hosts pick their other packages from
+    #: source index -> version index -> rows of that source's binaries at that version
+    rows: dict[tuple[int, str, int], Row]
+
+    def row(self, src: int, binary: str, vi: int) -> Row:
+        return self.rows[(src, binary, vi)]
+
+
+def _arch(eco: str, binary: str) -> str:
+    if binary.endswith(("-doc", "-data", "-common")) or binary.startswith(("python3-", "perl-")):
+        return "all" if eco == "deb" else "noarch"
+    return {"deb": "amd64", "rpm": "x86_64", "apk": "x86_64"}[eco]
+
+
+def _rpm_source_version(version: str) -> str:
+    """What `parse_rpm_output` reports: the source rpm's file name has no epoch."""
+    return version.split(":", 1)[1] if ":" in version else version
+
+
+def build_catalog(group: OsGroup) -> GroupCatalog:
+    rnd = random.Random(_seed("catalog", group.key))
+    sources: list[Source] = [
+        Source(name, bins, vers, True) for name, (bins, vers) in CORE[group.key].items()
+    ]
+    taken = {b for s in sources for b in s.binaries}
+    for stem in dict.fromkeys(STEMS):
+        bins = _filler_binaries(group.eco, stem, random.Random(_seed("bins", group.eco, stem)))
+        fresh = tuple(b for b in dict.fromkeys(bins) if b not in taken)  # one name, one source
+        taken.update(fresh)
+        if fresh:
+            sources.append(Source(stem, fresh, _filler_versions(group, stem), False))
+    pairs = [(i, b) for i, s in enumerate(sources) for b in s.binaries]
+    core = [p for p in pairs if sources[p[0]].core]
+    rest = [p for p in pairs if not sources[p[0]].core]
+    rnd.shuffle(rest)
+    base = core + rest[: group.base - len(core)]
+    extras = rest[group.base - len(core) :]
+    rows: dict[tuple[int, str, int], Row] = {}
+    for i, s in enumerate(sources):
+        for b in s.binaries:
+            for vi, v in enumerate(s.versions):
+                src_v = _rpm_source_version(v) if group.eco == "rpm" else v
+                rows[(i, b, vi)] = [group.eco, b, v, _arch(group.eco, b), s.name, src_v]
+    return GroupCatalog(group, sources, base, extras, rows)
+
+
+@dataclass(frozen=True, slots=True)
+class HostInventory:
+    host: str
+    group: OsGroup
+    rows: list[Row]
+    lagging_sources: int
+
+
+class Fleet:
+    """Every host's OS group and package set, from `seed` and the host's index."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.seed = seed
+        self.catalogs = {g.key: build_catalog(g) for g in OS_GROUPS}
+        self._weights = [g.weight for g in OS_GROUPS]
+
+    def group_of(self, index: int) -> OsGroup:
+        return random.Random(_seed(self.seed, "os", index)).choices(OS_GROUPS, self._weights)[0]
+
+    def inventory(self, index: int, host: str) -> HostInventory:
+        group = self.group_of(index)
+        cat = self.catalogs[group.key]
+        rnd = random.Random(_seed(self.seed, "host", index))
+        total = rnd.randint(1000, 1500)
+        chosen = cat.base + rnd.sample(cat.extras, min(len(cat.extras), total - len(cat.base)))
+        x = rnd.random()
+        n_lag = 0 if x < 0.65 else rnd.randint(1, 8) if x < 0.93 else rnd.randint(40, 150)
+        srcs = sorted({s for s, _ in chosen})
+        lag: dict[int, int] = {}
+        for s in rnd.sample(srcs, min(n_lag, len(srcs))):
+            hist = len(cat.sources[s].versions)
+            if hist > 1:
+                lag[s] = min(hist - 1, 1 if rnd.random() < 0.7 else rnd.randint(2, 3))
+        rows = sorted(cat.row(s, b, lag.get(s, 0)) for s, b in chosen)
+        return HostInventory(host, group, rows, len(lag))
+
+
+def packages_state_frame(inv: HostInventory, ts_ns: int | None = None) -> tuple[bytes, str]:
+    """(frame, digest) as the inventory plugin emits its PACKAGES_STATE record."""
+    blob = msgpack.packb(inv.rows, use_bin_type=True)
+    digest = hashlib.sha256(blob).hexdigest()[:16]
+    eco = inv.group.eco
+    record = {
+        "os_id": inv.group.os_id,
+        "os_version": inv.group.os_version,
+        "count": len(inv.rows),
+        "digest": digest,
+        "reason": "start",
+        "sources": {k: ("ok" if k == eco else "absent") for k in ("deb", "rpm", "apk")},
+        "packages_z": zlib.compress(blob, 6),
+    }
+    payload = msgpack.packb(record, use_bin_type=True)
+    ts = time.time_ns() if ts_ns is None else ts_ns
+    return frames.frame(DataType.PACKAGES_STATE, payload, ts), digest
+
+
+def inventory_headers(host: str, frame: bytes) -> dict[str, str]:
+    """The headers `LatestPublisher.run` publishes a PACKAGES_STATE frame with."""
+    digest = hashlib.sha256(frame[frames.HEADER_SIZE :]).hexdigest()[:16]
+    return {frames.H_HOST: host, frames.H_PLUGIN: "inventory",
+            frames.H_MSG_ID: f"{host}.inventory.{digest}"}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- heartbeats
+
+PLUGINS = ("procmon", "inventory")  # what config/fleet.example.toml enables
+
+
+def _plugin_stats(rnd: random.Random, name: str) -> dict[str, Any]:
+    """`PluginRunner.stats()` of a running plugin, with plausible counts."""
+    records = rnd.randint(10, 500_000)
+    return {
+        "state": "running",
+        "pid": rnd.randint(1000, 4_000_000),
+        "cpu_pct": round(rnd.random() * 3, 2),
+        "rss_bytes": rnd.randint(20, 90) << 20,
+        "last_exit": None,
+        "nice": 10,
+        "rate_factor": 1.0,
+        **{k: 0 for k in RUNNER_COUNTERS},
+        "starts": 1,
+        "records": records,
+        **{f"tel.{k}": 0 for k in PIPELINE_COUNTERS},
+        "tel.frames_in": records,
+        "tel.batches": records // 50 + 1,
+        "tel.records_out": records,
+        "tel.batches_out": records // 50 + 1,
+        "tel.queued": 0,
+        "tel.ready_batches": 0,
+        "tel.spool_batches": 0,
+        "tel.spool_bytes": 0,
+        "tel.next_seq": records + 1,
+    }
+
+
+def agent_heartbeat(host: str, seq: int, interval_s: float, bye: bool = False,
+                    seed: int = 0) -> Heartbeat:  # fmt: skip
+    """A heartbeat with the maps a real agent fills (`HeartbeatService.build`)."""
+    rnd = random.Random(_seed(seed, "hb", host))
+    octets = [rnd.randint(1, 254) for _ in range(2)]
+    return Heartbeat(
+        host=host,
+        version=__version__,
+        groups=("bench", rnd.choice(["web", "db", "batch", "edge"])),
+        mode=RunMode.RUNNING,
+        applied_rev=rnd.randint(1, 5000),
+        held=False,
+        interval_s=interval_s,
+        seq=seq,
+        sent_at=time.time(),
+        uptime_s=round(rnd.uniform(60, 5e6), 3),
+        cpu_pct=round(rnd.random() * 2, 2),
+        rss_bytes=rnd.randint(40, 80) << 20,
+        facts={
+            "hostname": host,
+            "os": "Debian GNU/Linux 12 (bookworm)",
+            "os_id": "debian",
+            "kernel": "6.1.0-18-amd64",
+            "arch": "x86_64",
+            "ips": [f"10.{octets[0]}.{octets[1]}.{rnd.randint(1, 254)}", "fd00::1:2:3:4"],
+            "boot_time": 1.7e9 + rnd.randint(0, 10_000_000),
+            "cpus": rnd.choice([2, 4, 8, 16]),
+            "python": "3.11.2",
+            "store_ok": True,
+        },
+        rejections={"bus.dropped_slow_consumer": 0, "bus.reconnects": rnd.randint(0, 3)},
+        bye=bye,
+        config={"versions": {"fleet": 12, "group:bench": 3}, "fingerprint": "9f2c1e0a7b3d4c55",
+                "status": "ok", "error": None, "rejected": None},
+        plugins={p: _plugin_stats(rnd, p) for p in PLUGINS},
+        breaker={"state": "normal", "since_s": 86400.0, "reason": "", "level": 0,
+                 "resource": None, "held": [], "hold_all": False, "denylist": {},
+                 "strikes": {}, "transitions": 0, "enabled": True,
+                 "accounting": {"mode": "cgroup-v2", "detail": "hidsd.slice"}},
+        outputs={"inventory": {"offered": 3, "published": 3, "pending": 0, "last_error": ""}},
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- queries
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One query as hidsctl would send it: a `package` range or an `advisory` file."""
+
+    name: str
+    kind: str  # "package" | "advisory"
+    package: str = ""
+    spec: str = ""
+    osv: str = ""  # the advisory's JSON text
+
+    def ranges(self) -> list[Any]:
+        """Parsed the way `hidsctl query package|advisory` parses them."""
+        from hidsd.query.ranges import parse_osv, parse_vers
+
+        if self.kind == "package":
+            return [parse_vers(self.spec, self.package)]
+        adv = parse_osv(self.osv)
+        if adv.unsupported:
+            raise ValueError(f"{self.name}: unsupported parts {adv.unsupported}")
+        return list(adv.ranges)
+
+
+def _osv(adv_id: str, summary: str, aliases: list[str],
+         entries: list[tuple[str, str, list[dict[str, str]]]]) -> str:  # fmt: skip
+    """An OSV document: one affected entry per (ecosystem, package, events)."""
+    return json.dumps({
+        "schema_version": "1.6.0",
+        "id": adv_id,
+        "modified": "2024-04-18T08:11:52Z",
+        "published": "2024-04-17T00:00:00Z",
+        "aliases": aliases,
+        "summary": summary,
+        "affected": [
+            {"package": {"ecosystem": eco, "name": name},
+             "ranges": [{"type": "ECOSYSTEM", "events": events}]}
+            for eco, name, events in entries
+        ],
+        "references": [{"type": "ADVISORY", "url": f"https://osv.dev/vulnerability/{adv_id}"}],
+    })  # fmt: skip
+
+
+def _fixed(version: str) -> list[dict[str, str]]:
+    return [{"introduced": "0"}, {"fixed": version}]
+
+
+def queries() -> list[Query]:
+    """The query mix: the first is the typical one (a patched fleet's laggards)."""
+    openssl = _osv("BENCH-2024-0001", "openssl: laggards behind the last security update",
+                   ["CVE-2023-5678"], [
+        ("Debian:12", "openssl", _fixed("3.0.11-1~deb12u2")),
+        ("Debian:11", "openssl", _fixed("1.1.1w-0+deb11u1")),
+        ("Ubuntu:22.04:LTS", "openssl", _fixed("3.0.2-0ubuntu1.15")),
+        ("Red Hat:enterprise_linux:9::baseos", "openssl", _fixed("1:3.0.7-27.el9")),
+        ("Alpine:v3.18", "openssl", _fixed("3.1.4-r5")),
+    ])  # fmt: skip
+    ssh = _osv("BENCH-2024-0002", "openssh and curl: several releases, several fixes",
+               ["CVE-2023-48795"], [
+        ("Debian:12", "openssh", _fixed("1:9.2p1-2+deb12u2")),
+        ("Debian:11", "openssh", _fixed("1:8.4p1-5+deb11u3")),
+        ("Ubuntu:22.04:LTS", "openssh", _fixed("1:8.9p1-3ubuntu0.6")),
+        ("Red Hat:enterprise_linux:9::appstream", "openssh", _fixed("8.7p1-34.el9_3.3")),
+        ("Alpine:v3.18", "openssh", _fixed("9.3_p2-r1")),
+        ("Debian:12", "curl", _fixed("7.88.1-10+deb12u5")),
+        ("Debian:11", "curl", _fixed("7.74.0-1.3+deb11u11")),
+        ("Alpine:v3.18", "curl", _fixed("8.5.0-r0")),
+    ])  # fmt: skip
+    fresh = _osv("BENCH-2024-0003", "glibc: a new advisory, no host patched yet",
+                 ["CVE-2024-2961"], [
+        ("Debian:12", "glibc", _fixed("2.36-9+deb12u7")),
+        ("Debian:11", "glibc", _fixed("2.31-13+deb11u10")),
+        ("Ubuntu:22.04:LTS", "glibc", _fixed("2.35-0ubuntu3.7")),
+    ])  # fmt: skip
+    return [
+        Query("deb-curl-laggards", "package", "curl", "vers:deb/>=7.88.1-10|<7.88.1-10+deb12u5"),
+        Query("rpm-openssl", "package", "openssl", "vers:rpm/<1:3.0.7-27.el9"),
+        Query("apk-openssl", "package", "openssl", "vers:apk/<3.1.4-r5"),
+        Query("osv-openssl-5-ranges", "advisory", osv=openssl),
+        Query("deb-sudo", "package", "sudo", "vers:deb/<1.9.13p3-1+deb12u1"),
+        Query("osv-openssh-curl-8-ranges", "advisory", osv=ssh),
+        Query("osv-glibc-unpatched-3-ranges", "advisory", osv=fresh),
+    ]
+
+
+def host_indices(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+# --------------------------------------------------------------------------- provenance
+
+#: what a controller process runs: the code a result was measured with
+CODE_PATHS = ("controller", "hidsd/bus", "hidsd/query", "hidsd/plugins/frames.py")
+
+
+def code_state(root: Path) -> dict[str, Any]:
+    """The commit and a digest of the controller's code as it is on disk now (other people's
+    uncommitted edits included), so that a result names what it measured."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=False)  # fmt: skip
+        return out.stdout.strip()
+
+    digest = hashlib.sha256()
+    for rel in CODE_PATHS:
+        p = root / rel
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    dirty = git("status", "--porcelain", "--", *CODE_PATHS).splitlines()
+    return {"head": git("rev-parse", "--short", "HEAD"), "dirty": [d.split(None, 1)[-1]
+                                                                   for d in dirty],
+            "code_sha256": digest.hexdigest()[:16]}  # fmt: skip
