@@ -9,7 +9,8 @@ For each K the script starts a fresh stack (`hidsd.devstack`: nats-server, one e
 a temp dir and K real controller processes (`python -m controller.main`, as
 `tests/support.py` starts them). They share the ingest work as in production: every
 heartbeat and ack goes to one of them (NATS queue group `hidsd-ingest`), which decodes,
-validates and applies it and forwards a copy to the others every 250 ms.
+validates and applies it and forwards it to the others in a batch every 250 ms (an ack's
+bytes; a heartbeat's liveness fields, with its body when a view would show a change).
 
 `--generators` load processes (`benchmarks/_controller_scale_load.py`) simulate `--hosts`
 agents: pre-encoded heartbeats shaped like a real agent's (~1.8 KB: facts, config report,
