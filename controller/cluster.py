@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -105,8 +106,10 @@ class Cluster:
         sig = _significant(hb)
         now = time.monotonic()
         last = self._sent.get(hb.host)
-        if last is None or last[0] != sig or now - last[1] >= self.body_every_s or hb.bye:
-            self._sent[hb.host] = (sig, now)
+        if last is None or last[0] != sig or now >= last[1] or hb.bye:
+            # next unconditional body: jittered, so hosts first seen together do not all
+            # come due in the same batch
+            self._sent[hb.host] = (sig, now + self.body_every_s * random.uniform(0.75, 1.25))
             self._hb.append([*meta, raw])
             self._grow(len(raw))
         else:
@@ -123,19 +126,32 @@ class Cluster:
             self._flush_now.set()
 
     async def flush(self) -> None:
+        """Send what accumulated, in batches under FLUSH_BYTES each (the handlers may add a
+        lot between two flushes; one batch over NATS's max_payload would be lost whole)."""
         hb, acks = self._hb, self._acks
         self._hb, self._acks, self._bytes = [], [], 0
-        body = msgpack.packb(
-            {"id": self.id, "name": self.name, "started": self.started, "hb": hb, "acks": acks},
-            use_bin_type=True,
-        )
-        try:
-            await self.bus.publish(self.subjects.ctl_sync(), body)
-            self._count("sync_sent")
-            self._count("forwarded", len(hb) + len(acks))
-        except Exception as exc:  # NATS away: peers miss this batch (agents re-send soon)
-            self._count("sync_lost_items", len(hb) + len(acks))
-            self.log.warning("sync_not_sent", error=str(exc), items=len(hb) + len(acks))
+        batches: list[tuple[list[list[Any]], list[bytes]]] = [([], [])]
+        size = 0
+        items: list[tuple[int, Any]] = [(0, h) for h in hb] + [(1, r) for r in acks]
+        for kind, item in items:
+            n = (len(item[6] or b"") if kind == 0 else len(item)) + 64
+            if size + n > FLUSH_BYTES and (batches[-1][0] or batches[-1][1]):
+                batches.append(([], []))
+                size = 0
+            batches[-1][kind].append(item)
+            size += n
+        for bhb, backs in batches:
+            if not bhb and not backs and len(batches) > 1:
+                continue
+            body = msgpack.packb({"id": self.id, "name": self.name, "started": self.started,
+                                  "hb": bhb, "acks": backs}, use_bin_type=True)  # fmt: skip
+            try:
+                await self.bus.publish(self.subjects.ctl_sync(), body)
+                self._count("sync_sent")
+                self._count("forwarded", len(bhb) + len(backs))
+            except Exception as exc:  # NATS away: peers miss this batch (agents re-send soon)
+                self._count("sync_lost_items", len(bhb) + len(backs))
+                self.log.warning("sync_not_sent", error=str(exc), items=len(bhb) + len(backs))
 
     async def run(self) -> None:
         last_announce = 0.0

@@ -588,8 +588,10 @@ class Controller:
             rows = msgpack.unpackb(blob, raw=False)
             packages = [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
             # a binary's source package, as advisories name it (openssl for libssl3)
+            # (not for rpm: a .src.rpm name carries no epoch, so its version would sort below
+            # the binary's and match ranges the binary is outside of)
             packages += [(str(r[0]), str(r[4]), str(r[5] or r[2])) for r in rows
-                         if len(r) >= 6 and r[4] and r[4] != r[1]]  # fmt: skip
+                         if len(r) >= 6 and r[4] and r[4] != r[1] and r[0] != "rpm"]  # fmt: skip
             os_id, os_version = str(record.get("os_id", "")), str(record.get("os_version", ""))
         except (ProtocolError, ValueError, KeyError, TypeError, IndexError, zlib.error) as exc:
             self.counters["bad_inventory"] += 1

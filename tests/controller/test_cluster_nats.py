@@ -93,3 +93,24 @@ async def test_forwarding_membership_and_a_share_redone(stack: Stack) -> None:
             t.cancel()
     await abus.close(0.1)
     await bbus.close(0.1)
+
+
+async def test_a_burst_bigger_than_a_nats_message_arrives_in_several_batches(
+    stack: Stack,
+) -> None:
+    """Handlers can add megabytes between two flushes: the flush splits them (a single batch
+    over max_payload would be lost whole)."""
+    subjects = Subjects(f"cl{secrets.token_hex(3)}")
+    a, abus, _, _ = await member(stack, subjects, "a")
+    _b, bbus, bgot, _ = await member(stack, subjects, "b")
+    for i in range(2000):  # ~3 MB of bodies, all new hosts
+        hb = Heartbeat(host=f"h{i}", version="t", groups=(), mode=RunMode.RUNNING,
+                       applied_rev=1, held=False, interval_s=1.0, seq=1, sent_at=1.0,
+                       uptime_s=1.0, cpu_pct=0.0, rss_bytes=1,
+                       facts={"pad": "x" * 1400})  # fmt: skip
+        a.forward_heartbeat(hb, encode_heartbeat(hb))
+    await a.flush()
+    await wait_for(lambda: len(bgot["hb"]) == 2000, 10, "every forwarded heartbeat")
+    assert a.counters["sync_sent"] >= 6 and a.counters.get("sync_lost_items", 0) == 0
+    await abus.close(0.1)
+    await bbus.close(0.1)
