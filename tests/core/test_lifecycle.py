@@ -54,6 +54,8 @@ async def test_shutdown_is_bounded_and_second_signal_forces(private_stack: Stack
     await wait_for(lambda: len(obs.heartbeats) == 2, 20, "agents up")
     await obs.close()
     s.nats.pause()  # the bye heartbeat can be written but never flushed
+    # a PONG the server sent just before the pause must not satisfy the bye's flush
+    await asyncio.sleep(0.5)
     try:
         # One signal: graceful part times out at the deadline, then a clean exit.
         a.signal(signal.SIGTERM)
