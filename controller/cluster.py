@@ -55,7 +55,9 @@ def _significant(hb: Heartbeat) -> int:
     cfg = hb.config or {}
     return hash((hb.mode, hb.applied_rev, hb.held, hb.groups, hb.version,
                  str(cfg.get("fingerprint")), str(cfg.get("status")), str(cfg.get("versions")),
-                 str((hb.breaker or {}).get("state")), plugins, hb.interval_s))  # fmt: skip
+                 str((hb.breaker or {}).get("state")), plugins, hb.interval_s,
+                 hb.storage.status if hb.storage else None, hb.storage.path if hb.storage else "",
+                 hb.clock.refused_expired, hb.clock.refused_not_yet_valid))  # fmt: skip
 
 
 def owner(host: str, members: Sequence[str]) -> str:
@@ -73,7 +75,7 @@ class Cluster:
     name: str
     subjects: Subjects
     bus: Bus
-    on_heartbeat: Callable[[HeartbeatMeta, bytes | None], None]
+    on_heartbeat: Callable[[HeartbeatMeta, bytes | None, float | None], None]
     on_ack: Callable[[bytes], None]
     flush_s: float = 0.25
     announce_s: float = 1.0
@@ -98,7 +100,7 @@ class Cluster:
 
     # ------------------------------------------------------------------ out
 
-    def forward_heartbeat(self, hb: Heartbeat, raw: bytes) -> None:
+    def forward_heartbeat(self, hb: Heartbeat, raw: bytes, skew_s: float | None = None) -> None:
         """Liveness always; the body only when something an operator looks at changed (run
         mode, revision, config, breaker, plugin states), or every `body_every_s` anyway, so
         peers' detail views lag by at most that while forwarding stays small."""
@@ -110,10 +112,10 @@ class Cluster:
             # next unconditional body: jittered, so hosts first seen together do not all
             # come due in the same batch
             self._sent[hb.host] = (sig, now + self.body_every_s * random.uniform(0.75, 1.25))
-            self._hb.append([*meta, raw])
+            self._hb.append([*meta, raw, skew_s])
             self._grow(len(raw))
         else:
-            self._hb.append([*meta, None])
+            self._hb.append([*meta, None, skew_s])
             self._grow(48)
 
     def forward_ack(self, raw: bytes) -> None:
@@ -187,11 +189,13 @@ class Cluster:
             try:
                 meta = HeartbeatMeta.from_list(item[:6])
                 raw = None if item[6] is None else bytes(item[6])
+                # the receiver's measure of the agent's clock (absent from older members)
+                skew = float(item[7]) if len(item) > 7 and item[7] is not None else None
             except (ValueError, TypeError, IndexError) as exc:
                 self._count("bad_sync")
                 self.log.warning("bad_sync_item", error=str(exc))
                 continue
-            self.on_heartbeat(meta, raw)
+            self.on_heartbeat(meta, raw, skew)
         for raw in acks:
             self.on_ack(bytes(raw))
         self._count("sync_received")

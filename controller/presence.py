@@ -25,6 +25,8 @@ from typing import Any
 from hidsd.bus.protocol import FLEET_TARGET, Heartbeat, Scope, decode_heartbeat
 
 AGENT_CLIENT_PREFIX = "hidsd:"
+#: an agent whose clock is off by more than this (against the controller's) is named in views
+CLOCK_SKEW_WARN_S = 2.0
 
 
 class Liveness(StrEnum):
@@ -68,6 +70,8 @@ class AgentRecord:
     conn: tuple[str, int] | None = None
     raw: bytes | None = None  # a forwarded heartbeat not decoded yet
     decoded: Heartbeat | None = None
+    #: the agent's clock minus the receiving controller's, at the newest heartbeat
+    skew_s: float | None = None
 
     @property
     def heartbeat(self) -> Heartbeat | None:
@@ -90,6 +94,7 @@ class AgentRecord:
             "last_seen": self.last_seen,
             "last_seen_ago_s": round(now - self.last_seen, 3) if self.last_seen else None,
             "since": self.changed_at,
+            "clock_skew_s": self.skew_s,
         }
         if hb is not None:
             d.update(
@@ -108,6 +113,8 @@ class AgentRecord:
                 plugins=hb.plugins,
                 config=hb.config,
                 breaker=hb.breaker,
+                storage=hb.storage.to_map() if hb.storage is not None else None,
+                clock=hb.clock.to_map(),
             )
         return d
 
@@ -126,24 +133,37 @@ class Presence:
         rec.liveness = liveness
         rec.reason = reason
 
-    def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
-        self._update(HeartbeatMeta.of(hb), now, decoded=hb)
+    def on_heartbeat(self, hb: Heartbeat, now: float) -> float:
+        """A heartbeat received from the agent itself; returns its clock skew. Always the
+        newest (NATS keeps one publisher's order): the agent's own clock, which may have been
+        set back, never decides that."""
+        skew = round(hb.sent_at - now, 3)
+        self._update(HeartbeatMeta.of(hb), now, decoded=hb, skew=skew, direct=True)
+        return skew
 
-    def on_forwarded(self, meta: HeartbeatMeta, raw: bytes | None, now: float) -> None:
+    def on_forwarded(
+        self, meta: HeartbeatMeta, raw: bytes | None, now: float, skew: float | None = None
+    ) -> None:
         """A heartbeat another controller received and validated; without `raw` (nothing an
         operator looks at changed) only liveness moves and the body we hold stays."""
-        self._update(meta, now, raw=raw, keep_body=raw is None)
+        self._update(meta, now, raw=raw, keep_body=raw is None, skew=skew)
 
     def _update(
         self, meta: HeartbeatMeta, now: float, decoded: Heartbeat | None = None,
-        raw: bytes | None = None, keep_body: bool = False,
+        raw: bytes | None = None, keep_body: bool = False, skew: float | None = None,
+        direct: bool = False,
     ) -> None:  # fmt: skip
         rec = self.agents.get(meta.host)
         if rec is None:
             rec = self.agents[meta.host] = AgentRecord(meta.host, changed_at=now)
-        elif rec.meta is not None and (meta.sent_at, meta.seq) < (rec.meta.sent_at, rec.meta.seq):
+        elif (
+            not direct
+            and rec.meta is not None
+            and (meta.sent_at, meta.seq) < (rec.meta.sent_at, rec.meta.seq)
+        ):
             return  # an older one, forwarded late
         rec.meta = meta
+        rec.skew_s = skew if skew is not None else round(meta.sent_at - now, 3)
         if not keep_body:
             rec.decoded, rec.raw = decoded, raw
         rec.last_seen = now

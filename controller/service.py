@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 
 from controller.cluster import Cluster, owner
 from controller.inventory import InventoryIndex
-from controller.presence import HeartbeatMeta, Liveness, Presence
+from controller.presence import CLOCK_SKEW_WARN_S, HeartbeatMeta, Liveness, Presence
 from hidsd import __version__
 from hidsd.bus.protocol import (
     CONTROLLER_QUEUE,
@@ -191,8 +191,8 @@ class Controller:
             return
         before = self.presence.agents.get(hb.host)
         was = before.liveness if before else None
-        self.presence.on_heartbeat(hb, time.time())
-        self.cluster.forward_heartbeat(hb, msg.data)
+        skew = self.presence.on_heartbeat(hb, time.time())
+        self.cluster.forward_heartbeat(hb, msg.data, skew)
         self.counters["heartbeats"] += 1
         self._log_presence(hb.host, was)
 
@@ -201,10 +201,12 @@ class Controller:
         if was is not rec.liveness:
             self.log.info("presence", host=host, liveness=rec.liveness.value, reason=rec.reason)
 
-    def _on_forwarded_heartbeat(self, meta: HeartbeatMeta, raw: bytes | None) -> None:
+    def _on_forwarded_heartbeat(
+        self, meta: HeartbeatMeta, raw: bytes | None, skew: float | None
+    ) -> None:
         before = self.presence.agents.get(meta.host)
         was = before.liveness if before else None
-        self.presence.on_forwarded(meta, raw, time.time())
+        self.presence.on_forwarded(meta, raw, time.time(), skew)
         self.counters["heartbeats_forwarded_in"] += 1
         self._log_presence(meta.host, was)
 
@@ -351,6 +353,16 @@ class Controller:
             if a.get("breaker", {}).get("state", "normal") != "normal"
         }
         lagging = sorted(a["host"] for a in agents if a["converged"] is False)
+        storage_not_ok = {
+            a["host"]: {k: a["storage"][k] for k in ("status", "path", "error")}
+            for a in online
+            if (a.get("storage") or {}).get("status", "ok") != "ok"
+        }
+        clock_skewed = {
+            a["host"]: a["clock_skew_s"]
+            for a in online
+            if a.get("clock_skew_s") is not None and abs(a["clock_skew_s"]) > CLOCK_SKEW_WARN_S
+        }
         return {
             "agents": len(agents),
             "online": len(online),
@@ -359,6 +371,10 @@ class Controller:
             "by_mode": dict(by_mode),
             "by_breaker": dict(by_breaker),
             "breaker_not_normal": breaker_not_normal,
+            "by_storage": dict(Counter((a.get("storage") or {}).get("status", "unknown")
+                                       for a in online)),
+            "storage_not_ok": storage_not_ok,
+            "clock_skewed": clock_skewed,
             "held": sorted(a["host"] for a in agents if a.get("held")),
             "not_converged": lagging,
             "store_ok": revisions is not None,

@@ -31,6 +31,8 @@ DEFAULT_KEY_PREFIX = "/hidsd/"
 MAX_COMMAND_BYTES = 16 * 1024
 #: Upper bound on a command's validity window; bounds the replay cache too.
 MAX_COMMAND_TTL_S = 3600.0
+#: A command issued more than this far in the agent's future is not yet valid.
+CLOCK_TOLERANCE_S = 30.0
 #: Target of a fleet-wide command.
 FLEET_TARGET = "*"
 
@@ -515,6 +517,8 @@ class Ack:
     rev: int
     detail: str = ""
     mode: RunMode = RunMode.RUNNING
+    #: for a rejection: the RejectReason (e.g. "expired" when the host's clock is off)
+    reason: str = ""
 
 
 def encode_ack(ack: Ack) -> bytes:
@@ -526,6 +530,7 @@ def encode_ack(ack: Ack) -> bytes:
             "rev": ack.rev,
             "detail": ack.detail,
             "mode": ack.mode.value,
+            **({"reason": ack.reason} if ack.reason else {}),
         }
     )
 
@@ -549,10 +554,104 @@ def decode_ack(data: bytes) -> Ack:
         rev=rev,
         detail=_field(m, "detail", str, "ack"),
         mode=mode,
+        reason=_field(m, "reason", str, "ack") if "reason" in m else "",
     )
 
 
 # --------------------------------------------------------------------------- heartbeats
+
+
+class StorageStatus(StrEnum):
+    """The agent's storage as an operator reads it (the worst writer failing now)."""
+
+    OK = "ok"
+    FULL = "full"
+    READ_ONLY = "read-only"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageReport:
+    """What the heartbeat says about the agent's data dir and descriptors."""
+
+    status: StorageStatus
+    path: str
+    error: str = ""
+    free_bytes: int | None = None
+    #: writer -> "status: error (path)", for every writer failing now
+    failing: dict[str, str] = field(default_factory=dict)
+    errors_total: int = 0
+    recoveries: int = 0
+    fds_open: int | None = None
+    fds_limit: int | None = None
+
+    def to_map(self) -> dict[str, Any]:
+        return {"status": self.status.value, "path": self.path, "error": self.error,
+                "free_bytes": self.free_bytes, "failing": self.failing,
+                "errors_total": self.errors_total, "recoveries": self.recoveries,
+                "fds_open": self.fds_open, "fds_limit": self.fds_limit}  # fmt: skip
+
+    @classmethod
+    def from_map(cls, m: Any) -> StorageReport:
+        what = "heartbeat.storage"
+        if not isinstance(m, dict):
+            raise ProtocolError(f"{what}: expected a map", field="storage")
+        try:
+            status = StorageStatus(_field(m, "status", str, what))
+        except ValueError as exc:
+            raise ProtocolError(f"{what}: {exc}", field="storage") from exc
+        failing = _field(m, "failing", dict, what)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in failing.items()):
+            raise ProtocolError(f"{what}: failing must map writer to text", field="storage")
+        return cls(
+            status=status,
+            path=_field(m, "path", str, what),
+            error=_field(m, "error", str, what),
+            free_bytes=_optional_int(m, "free_bytes", what),
+            failing=failing,
+            errors_total=_field(m, "errors_total", int, what),
+            recoveries=_field(m, "recoveries", int, what),
+            fds_open=_optional_int(m, "fds_open", what),
+            fds_limit=_optional_int(m, "fds_limit", what),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReport:
+    """The agent's clock as its signed commands show it: an operator's `issued_at` is the
+    only trusted time an agent receives, so skew is measured against it (the controller
+    measures it against the heartbeat's `sent_at` too)."""
+
+    #: agent clock minus the issuer's, at the newest verified command (None: none seen yet)
+    command_skew_s: float | None = None
+    #: commands refused because the agent's clock says they are expired / not yet valid
+    refused_expired: int = 0
+    refused_not_yet_valid: int = 0
+    last_refusal: str = ""
+
+    def to_map(self) -> dict[str, Any]:
+        return {"command_skew_s": self.command_skew_s, "refused_expired": self.refused_expired,
+                "refused_not_yet_valid": self.refused_not_yet_valid,
+                "last_refusal": self.last_refusal}  # fmt: skip
+
+    @classmethod
+    def from_map(cls, m: Any) -> ClockReport:
+        what = "heartbeat.clock"
+        if not isinstance(m, dict):
+            raise ProtocolError(f"{what}: expected a map", field="clock")
+        skew = m.get("command_skew_s")
+        if skew is not None:
+            skew = _finite(m, "command_skew_s", what)
+        return cls(
+            command_skew_s=skew,
+            refused_expired=_field(m, "refused_expired", int, what),
+            refused_not_yet_valid=_field(m, "refused_not_yet_valid", int, what),
+            last_refusal=_field(m, "last_refusal", str, what),
+        )
+
+
+def _optional_int(m: dict[str, Any], name: str, what: str) -> int | None:
+    return None if m.get(name) is None else int(_field(m, name, int, what))
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,6 +682,10 @@ class Heartbeat:
     breaker: dict[str, Any] = field(default_factory=dict)
     #: outputs other than telemetry, e.g. {"inventory": {published, pending, failures, ...}}
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: the data dir and descriptors: ok / full / read-only / error, with the path (None:
+    #: an agent from before this field)
+    storage: StorageReport | None = None
+    clock: ClockReport = field(default_factory=ClockReport)
 
 
 _HB_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
@@ -634,6 +737,8 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
             "plugins": hb.plugins,
             "breaker": hb.breaker,
             "outputs": hb.outputs,
+            **({"storage": hb.storage.to_map()} if hb.storage is not None else {}),
+            "clock": hb.clock.to_map(),
         }
     )
 
@@ -677,6 +782,8 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
         plugins=_optional_map(m, "plugins"),
         breaker=_optional_map(m, "breaker"),
         outputs=_optional_map(m, "outputs"),
+        storage=StorageReport.from_map(m["storage"]) if "storage" in m else None,
+        clock=ClockReport.from_map(m["clock"]) if "clock" in m else ClockReport(),
     )
 
 

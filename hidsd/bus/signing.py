@@ -39,6 +39,8 @@ class RejectReason:
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_KEY = "unknown_key"
     EXPIRED = "expired"
+    #: issued further in the future than the clock tolerance (the agent's clock is behind)
+    NOT_YET_VALID = "not_yet_valid"
     REPLAYED = "replayed"
     WRONG_TARGET = "wrong_target"
     STALE_REVISION = "stale_revision"
@@ -50,6 +52,7 @@ class RejectReason:
         BAD_SIGNATURE,
         UNKNOWN_KEY,
         EXPIRED,
+        NOT_YET_VALID,
         REPLAYED,
         WRONG_TARGET,
         STALE_REVISION,

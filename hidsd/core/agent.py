@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -46,37 +44,10 @@ from hidsd.core.errors import BusUnavailable, ProtocolError
 from hidsd.core.hostinfo import SelfUsage, host_facts
 from hidsd.core.plugincontrol import PluginControl, PluginControlService
 from hidsd.core.settings import AgentSettings
+from hidsd.core.statefile import StateFile
+from hidsd.core.storage import FdReserve, StorageHealth
 from hidsd.plugins.supervisor import Supervisor
 from hidsd.plugins.telemetry import LatestPublisher
-
-STATE_FILE = "control-state.msgpack"
-
-
-class StateFile:
-    """The applied control state on disk, so a restart never goes back in time."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / STATE_FILE
-        self._dir_ready = False
-
-    def load(self) -> ControlState | None:
-        try:
-            return ControlState.from_bytes(self.path.read_bytes())
-        except FileNotFoundError:
-            return None
-
-    def save(self, state: ControlState) -> None:
-        """Atomic replace. fsync only for an emergency hold: anything else etcd re-delivers."""
-        if not self._dir_ready:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._dir_ready = True
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(state.to_bytes())
-            if state.held:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, self.path)
 
 
 class WorkGate:
@@ -111,6 +82,7 @@ class HeartbeatService:
         self._usage = SelfUsage()
         self._facts = host_facts()
         self._rng = random.Random()
+        self.failures = 0
 
     def poke(self) -> None:
         self._now.set()
@@ -142,6 +114,8 @@ class HeartbeatService:
             plugins=a.supervisor.stats(),
             breaker=a.breaker.report(),
             outputs={"inventory": a.latest.stats()},
+            storage=a.health.report(),
+            clock=a.policy.clock_report(),
         )
 
     async def send(self, bye: bool = False) -> None:
@@ -155,10 +129,48 @@ class HeartbeatService:
     async def run(self) -> None:
         while True:
             self._now.clear()  # before sending: a poke during the send is not lost
-            await self.send()
+            try:
+                await self.send()
+            except (OSError, BusUnavailable) as exc:
+                # out of descriptors or the bus mid-reconnect: the next beat tries again
+                self.failures += 1
+                self.agent.log.warning("heartbeat_failed", error=str(exc))
             interval = self.agent.heartbeat_s  # hot-reloadable
             with contextlib.suppress(TimeoutError):
                 await wait_timeout(self._now.wait(), interval * self._rng.uniform(0.9, 1.1))
+
+
+class StorageService:
+    """Watches the data dir and retries the saves that failed, so storage recovers by itself
+    once space (or write access, or descriptors) is back; the heartbeat says what failed."""
+
+    def __init__(self, agent: Agent, period_s: float = 2.0) -> None:
+        self.agent = agent
+        self.period_s = period_s
+
+    def tick(self) -> None:
+        a = self.agent
+        before = a.health.status
+        a.health.probe()
+        a.fd_reserve.take()
+        a.state_file.retry()
+        a.config.retry_last_good()
+        a.breaker.retry_save()
+        after = a.health.status
+        if after is not before:
+            r = a.health.report()
+            log = a.log.info if after.value == "ok" else a.log.error
+            log("storage_status", old=before.value, status=after.value, path=r.path,
+                error=r.error)  # fmt: skip
+            a.heartbeat.poke()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except OSError as exc:  # nothing here may end the agent
+                self.agent.log.warning("storage_check_failed", error=str(exc))
+            await asyncio.sleep(self.period_s)
 
 
 class Agent:
@@ -172,7 +184,12 @@ class Agent:
         self.started = time.monotonic()
         self.subjects = Subjects(settings.subject_prefix)
         self.keys = KeyLayout(settings.key_prefix)
-        self.state_file = StateFile(settings.data_dir)
+        self.health = StorageHealth(settings.data_dir)
+        self.fd_reserve = FdReserve()
+        self.state_file = StateFile(
+            settings.data_dir, settings.runtime_dir, self.health, self.fd_reserve,
+            host=settings.host_id, log=self.log.warning,
+        )  # fmt: skip
         self.policy = ControlPolicy(
             host=settings.host_id,
             groups=settings.groups,
@@ -201,7 +218,8 @@ class Agent:
         self.store = Store(e.endpoints, e.user, e.password, e.timeout_s)
         self.plugin_control = PluginControl(self.policy)
         self.commands = CommandService(
-            self.bus, self.policy, self.subjects, self._on_change, self._on_plugin_command
+            self.bus, self.policy, self.subjects, self._on_change, self._on_plugin_command,
+            self._on_time_refusal,
         )
         self.convergence = ConvergenceService(
             self.store,
@@ -224,6 +242,7 @@ class Agent:
             self._publish_telemetry,
             routes={DataType.PACKAGES_STATE: lambda plugin, frame: self.latest.offer(
                 inv_subject, plugin, frame)},
+            health=self.health,
         )  # fmt: skip
         self.supervisor.set_allowed(self.gate.running)
         self.breaker = BreakerService(
@@ -248,13 +267,17 @@ class Agent:
         )  # fmt: skip
         self.heartbeat = HeartbeatService(self)
         self._unsent_ack: Decision | None = None
+        self.config.health = self.health
+        self.breaker.health = self.health
         self.config.load_last_good()
+        self.storage = StorageService(self)
 
     @property
     def mode(self) -> RunMode:
         return RunMode.EXITING if self.exiting else self.policy.state.mode
 
     def _load_state(self) -> None:
+        self.state_file.prepare()  # reserve the slots while there is space
         try:
             state = self.state_file.load()
         except ProtocolError as exc:
@@ -268,14 +291,21 @@ class Agent:
 
     def _on_change(self, state: ControlState, decision: Decision) -> None:
         """Run-mode change: persist first, then open or close the work gate, then report."""
-        try:
-            self.state_file.save(state)
-        except OSError as exc:
-            self.log.error("state_save_failed", error=str(exc))
+        if not self.state_file.save(state):
+            # applied anyway (the stop holds in memory); retried until a copy takes it
+            self.log.error("state_not_persisted", mode=state.mode.value, held=state.held,
+                           storage=self.health.status.value)  # fmt: skip
         self.gate.set(state.mode is RunMode.RUNNING)
         self.supervisor.set_allowed(state.mode is RunMode.RUNNING)
         self.log.info("mode_changed", mode=state.mode.value, rev=state.applied_rev,
                       cmd_id=decision.cmd_id, held=state.held, detail=decision.detail)  # fmt: skip
+        self.heartbeat.poke()
+
+    def _on_time_refusal(self, cmd: Command) -> None:
+        """A signed command our clock refused: the recorded state in etcd applies anyway."""
+        del cmd
+        self.convergence.request_resync()
+        self.plugin_state.follower.request()
         self.heartbeat.poke()
 
     def _on_plugin_command(self, cmd: Command) -> Decision:
@@ -400,6 +430,7 @@ class Agent:
                     tg.create_task(self.plugin_state.run(), name="plugin-state"),
                     tg.create_task(self.breaker.run(), name="breaker"),
                     tg.create_task(self.latest.run(), name="inventory-out"),
+                    tg.create_task(self.storage.run(), name="storage"),
                     tg.create_task(self._bus_service(), name="bus"),
                 ]
                 self.log.info("running", mode=self.mode.value)
@@ -411,6 +442,7 @@ class Agent:
                     t.cancel()
         finally:
             self.breaker.teardown()  # plugins are stopped by now
+            self.fd_reserve.close()
             await self._close()
         self.log.info("stopped", exit_code=self.exit_code)
         return self.exit_code

@@ -28,6 +28,7 @@ from hidsd.core.cgroups import (
 )
 from hidsd.core.errors import HidsError
 from hidsd.core.pressure import read_host_pressure
+from hidsd.core.storage import StorageHealth
 from hidsd.plugins.supervisor import Supervisor
 
 DENYLIST_FILE = "breaker-denylist.json"
@@ -65,6 +66,9 @@ class BreakerService:
         self._prev_agent: tuple[float, float] | None = None
         self._pending: list[Transition] = []
         self._exited = False
+        #: set by the agent: where a failed denylist save is reported
+        self.health: StorageHealth | None = None
+        self._unsaved = False
 
     # ------------------------------------------------------------------ setup / config
 
@@ -242,12 +246,28 @@ class BreakerService:
             self.log.error("breaker_denylist_corrupt", path=str(self.path), error=str(exc))
             return {}
 
-    def _save_denylist(self) -> None:
+    def _save_denylist(self) -> bool:
+        """Atomic replace; a failure is reported and retried by `retry_save`."""
         data = {"denylist": {k: [u, r] for k, (u, r) in self.breaker.denylist.items()}}
+        tmp = self.path.with_suffix(".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(data))
             os.replace(tmp, self.path)
         except OSError as exc:
-            self.log.error("breaker_denylist_not_saved", error=str(exc))
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if not self._unsaved:
+                self.log.error("breaker_denylist_not_saved", path=str(self.path), error=str(exc))
+            self._unsaved = True
+            if self.health is not None:
+                self.health.failed("denylist", self.path, exc)
+            return False
+        self._unsaved = False
+        if self.health is not None:
+            self.health.ok("denylist")
+        return True
+
+    def retry_save(self) -> bool:
+        """Write a denylist save that failed (called periodically); True when none is owed."""
+        return not self._unsaved or self._save_denylist()

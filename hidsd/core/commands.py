@@ -12,13 +12,14 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import PLUGIN_KINDS, Ack, Command, Subjects, encode_ack
+from hidsd.bus.protocol import PLUGIN_KINDS, Ack, AckStatus, Command, Subjects, encode_ack
 from hidsd.bus.transport import Bus
-from hidsd.core.control import ControlPolicy, ControlState, Decision
+from hidsd.core.control import ControlPolicy, ControlState, Decision, TimeRefusal
 from hidsd.core.errors import CommandRejected, ProtocolError
 
 StateListener = Callable[[ControlState, Decision], None]
 PluginHandler = Callable[[Command], Decision]
+TimeRefusalHandler = Callable[[Command], None]
 
 
 class CommandService:
@@ -31,8 +32,10 @@ class CommandService:
         subjects: Subjects,
         on_change: StateListener,
         on_plugin: PluginHandler | None = None,
+        on_time_refusal: TimeRefusalHandler | None = None,
     ) -> None:
         self.on_plugin = on_plugin
+        self.on_time_refusal = on_time_refusal
         self.bus = bus
         self.policy = policy
         self.subjects = subjects
@@ -54,6 +57,21 @@ class CommandService:
         self.handled += 1
         try:
             cmd = self.policy.accept(msg.data)
+        except TimeRefusal as exc:
+            # Signed and for us, but our clock disagrees. Say so (the issuer names us), and
+            # read etcd now: a recorded command applies from there whatever the clock says.
+            self._log.warning("command_refused_by_clock", reason=exc.reason, detail=exc.message,
+                              cmd_id=exc.command.id, skew_s=self.policy.command_skew_s)  # fmt: skip
+            if self.on_time_refusal is not None:
+                self.on_time_refusal(exc.command)
+            st, c = self.policy.state, exc.command
+            if st.applied_cmd == c.id and st.applied_rev == c.rev:  # etcd's copy came first
+                detail = f"already applied from etcd (this host's clock: {exc.message})"
+                await self.ack(Decision(st, False, AckStatus.APPLIED, c.id, c.rev, detail))
+                return
+            refused = Decision(st, False, AckStatus.REJECTED, c.id, c.rev, exc.message)
+            await self.ack(refused, exc.reason)
+            return
         except CommandRejected as exc:
             self._log.warning("command_rejected", reason=exc.reason, detail=exc.message,
                               subject=msg.subject)  # fmt: skip
@@ -74,7 +92,7 @@ class CommandService:
             self.on_change(decision.state, decision)
         await self.ack(decision)
 
-    async def ack(self, decision: Decision) -> None:
+    async def ack(self, decision: Decision, reason: str = "") -> None:
         if decision.ack_status is None:
             return
         ack = Ack(
@@ -84,5 +102,6 @@ class CommandService:
             rev=decision.rev,
             detail=decision.detail,
             mode=decision.state.mode,
+            reason=reason,
         )
         await self.bus.publish(self.subjects.ack(decision.cmd_id), encode_ack(ack))

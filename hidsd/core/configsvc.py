@@ -10,6 +10,7 @@ its last good config from disk first, so it runs with it while etcd is unreachab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from hidsd.bus.store import WatchEvent
 from hidsd.core import dynconfig
 from hidsd.core.errors import ConfigError, ProtocolError
 from hidsd.core.follow import Follower, FollowStore
+from hidsd.core.storage import StorageHealth
 
 LAST_GOOD_FILE = "config-last-good.json"
 
@@ -70,6 +72,9 @@ class ConfigService:
         self.labels = [keys.scope_label(s, t) for s, t in self.scopes]
         self.pointer_keys = [keys.config_current(s, t) for s, t in self.scopes]
         self.path = data_dir / LAST_GOOD_FILE
+        #: set by the agent: where a failed save of the last-good file is reported
+        self.health: StorageHealth | None = None
+        self._unsaved: list[tuple[str, str]] | None = None
         self.base = base
         self.on_apply = on_apply
         self.on_reject = on_reject
@@ -113,11 +118,32 @@ class ConfigService:
             return
         self._apply(layers, versions, "last_good")
 
-    def _save_last_good(self, texts: list[tuple[str, str]]) -> None:
+    def _save_last_good(self, texts: list[tuple[str, str]]) -> bool:
+        """Atomic replace; a failure is reported and kept for `retry_last_good`."""
         tmp = self.path.with_suffix(".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"versions": self.versions, "layers": texts}))
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"versions": self.versions, "layers": texts}))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if self._unsaved is None:
+                self.log.error("last_good_config_not_saved", path=str(self.path), error=str(exc))
+            self._unsaved = texts
+            if self.health is not None:
+                self.health.failed("last_good", self.path, exc)
+            return False
+        if self._unsaved is not None:
+            self.log.info("last_good_config_saved", path=str(self.path))
+        self._unsaved = None
+        if self.health is not None:
+            self.health.ok("last_good")
+        return True
+
+    def retry_last_good(self) -> bool:
+        """Write a last-good save that failed (called periodically); True when none is owed."""
+        return self._unsaved is None or self._save_last_good(self._unsaved)
 
     # ------------------------------------------------------------------ follow etcd
 
@@ -201,10 +227,7 @@ class ConfigService:
             await self._reject(rej)
             return revision
         self._apply(layers, {label: wanted[label][0] for label in wanted}, "ok", why)
-        try:
-            self._save_last_good(texts)
-        except OSError as exc:
-            self.log.error("last_good_config_not_saved", error=str(exc))
+        self._save_last_good(texts)
         return revision
 
     def _apply(

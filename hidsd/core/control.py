@@ -3,7 +3,10 @@
 Pure logic (no I/O), so every rule is testable without a bus. The rules:
 
 * A command must be signed by a trusted key, unexpired, not replayed and addressed to this
-  agent; otherwise it is rejected and counted by reason.
+  agent; otherwise it is rejected and counted by reason. Validity is judged by the agent's
+  own clock, which can be wrong: a verified command refused as expired or not yet valid is a
+  `TimeRefusal` (acked as rejected, and the agent re-reads etcd at once, where a recorded
+  command needs no clock), and the skew its `issued_at` shows is reported.
 * Revisions order everything: the agent applies a command or desired state only if its etcd
   revision is newer than what it has applied. An older one is `superseded` (and counted as
   `stale_revision`); the same one again is acknowledged as applied (the watch or a resync can
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -26,9 +30,11 @@ from typing import Any
 import msgpack
 
 from hidsd.bus.protocol import (
+    CLOCK_TOLERANCE_S,
     FLEET_TARGET,
     MAX_COMMAND_TTL_S,
     AckStatus,
+    ClockReport,
     Command,
     CommandKind,
     RunMode,
@@ -37,6 +43,19 @@ from hidsd.bus.protocol import (
 )
 from hidsd.bus.signing import RejectReason, TrustStore
 from hidsd.core.errors import CommandRejected, ProtocolError
+
+#: reasons that depend on the agent's clock
+TIME_REASONS = (RejectReason.EXPIRED, RejectReason.NOT_YET_VALID)
+
+
+class TimeRefusal(CommandRejected):
+    """A verified command refused by the agent's clock (expired or not yet valid): it names the
+    command, so the agent can say so in an ack and look for it in etcd."""
+
+    def __init__(self, reason: str, message: str, command: Command) -> None:
+        super().__init__(reason, message, cmd_id=command.id)
+        self.command = command
+
 
 #: Replay cache bound. Past it the oldest ids go; revision ordering still refuses replays.
 REPLAY_CACHE_SIZE = 4096
@@ -122,22 +141,40 @@ class ControlPolicy:
     max_command_bytes: int
     state: ControlState = field(default_factory=ControlState)
     rejections: Counter[str] = field(default_factory=Counter)
+    clock: Callable[[], float] = time.time
+    #: agent clock minus the issuer's, at the newest verified command
+    command_skew_s: float | None = None
+    last_refusal: str = ""
     _seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     # ------------------------------------------------------------------ bus path
 
     def accept(self, data: bytes, now: float | None = None) -> Command:
-        """Verify a command from the bus; raises CommandRejected (already counted)."""
-        now = time.time() if now is None else now
+        """Verify a command from the bus; raises CommandRejected (already counted), a
+        TimeRefusal for a verified command that the clock refuses."""
+        now = self.clock() if now is None else now
         try:
             cmd = self.trust.verify(data, self.max_command_bytes)
-            self._check_fresh(cmd, now)
+            try:
+                self._check_fresh(cmd, now)
+            except TimeRefusal:
+                self._check_target(cmd)
+                self._check_replay(cmd)
+                self._observe_skew(cmd, now)
+                raise
             self._check_target(cmd)
             self._check_replay(cmd)
+            self._observe_skew(cmd, now)
         except CommandRejected as exc:
             self.rejections[exc.reason] += 1
             raise
         return cmd
+
+    def _observe_skew(self, cmd: Command, now: float) -> None:
+        """The command's issued_at against our clock, for commands newer than what we have
+        applied (an old one replayed would show a skew that is not there)."""
+        if cmd.rev >= self.state.applied_rev:
+            self.command_skew_s = round(now - cmd.issued_at, 3)
 
     def _check_fresh(self, cmd: Command, now: float) -> None:
         if cmd.expires_at - cmd.issued_at > MAX_COMMAND_TTL_S:
@@ -145,11 +182,25 @@ class ControlPolicy:
                 RejectReason.EXPIRED, "command validity window is too long", cmd_id=cmd.id
             )
         if now > cmd.expires_at:
-            raise CommandRejected(
-                RejectReason.EXPIRED,
-                f"command expired {now - cmd.expires_at:.1f}s ago",
-                cmd_id=cmd.id,
-            )
+            self._refuse(cmd, RejectReason.EXPIRED,
+                         f"expired {now - cmd.expires_at:.1f}s ago by this host's clock "
+                         f"(issued {now - cmd.issued_at:+.1f}s from it)")  # fmt: skip
+        if cmd.issued_at - now > CLOCK_TOLERANCE_S:
+            self._refuse(cmd, RejectReason.NOT_YET_VALID,
+                         f"issued {cmd.issued_at - now:.1f}s in the future by this host's "
+                         "clock")  # fmt: skip
+
+    def _refuse(self, cmd: Command, reason: str, message: str) -> None:
+        self.last_refusal = f"{cmd.id}: {reason}: {message}"
+        raise TimeRefusal(reason, message, cmd)
+
+    def clock_report(self) -> ClockReport:
+        return ClockReport(
+            command_skew_s=self.command_skew_s,
+            refused_expired=self.rejections.get(RejectReason.EXPIRED, 0),
+            refused_not_yet_valid=self.rejections.get(RejectReason.NOT_YET_VALID, 0),
+            last_refusal=self.last_refusal,
+        )
 
     def addressed_to_me(self, cmd: Command) -> bool:
         if cmd.scope is Scope.FLEET:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
@@ -47,13 +48,24 @@ def read_os_release(path: str = "/etc/os-release") -> dict[str, str]:
 
 
 class SelfUsage:
-    """The agent's own CPU (percent of one core since the last call) and RSS."""
+    """The agent's own CPU (percent of one core since the last call) and RSS.
+
+    Reading them opens /proc files: out of descriptors, the last figures are reported again
+    (a heartbeat must go out whatever /proc says)."""
 
     def __init__(self) -> None:
         self._proc = psutil.Process()
-        self._proc.cpu_percent(None)
+        self._last = (0.0, 0)
+        self.failures = 0
+        with contextlib.suppress(psutil.Error, OSError):
+            self._proc.cpu_percent(None)
 
     def sample(self) -> tuple[float, int]:
-        cpu = self._proc.cpu_percent(None)
-        rss = self._proc.memory_info().rss
-        return cpu, int(rss)
+        try:
+            cpu = self._proc.cpu_percent(None)
+            rss = self._proc.memory_info().rss
+        except (psutil.Error, OSError):
+            self.failures += 1
+            return self._last
+        self._last = (cpu, int(rss))
+        return self._last

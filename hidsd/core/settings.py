@@ -69,6 +69,10 @@ class AgentSettings:
     cgroups: str = "auto"
     #: our cgroup subtree's name, under the agent's own cgroup (a systemd unit's, or root's)
     cgroup_name: str = "hidsd"
+    #: a second copy of the control state, outside the data dir (a tmpfs: kept across agent
+    #: restarts), so a stop accepted while the data dir is read-only survives a restart;
+    #: "" turns the copy off
+    runtime_dir: Path | None = Path("/run/hidsd")
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -167,6 +171,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         "HIDSD_HOST_ID": (raw, "host_id", False),
         "HIDSD_GROUPS": (raw, "groups", True),
         "HIDSD_DATA_DIR": (raw, "data_dir", False),
+        "HIDSD_RUNTIME_DIR": (raw, "runtime_dir", False),
         "HIDSD_LOG_LEVEL": (raw, "log_level", False),
         "HIDSD_LOG_FORMAT": (raw, "log_format", False),
         "HIDSD_CGROUPS": (raw, "cgroups", False),
@@ -214,6 +219,7 @@ def load_agent_settings(
             "host_id", "groups", "nats", "etcd", "trusted_keys", "data_dir", "subject_prefix",
             "key_prefix", "heartbeat_s", "resync_s", "watch", "max_command_bytes",
             "shutdown_timeout_s", "log_level", "log_format", "cgroups", "cgroup_name",
+            "runtime_dir",
         }
     )  # fmt: skip
 
@@ -300,6 +306,7 @@ def load_agent_settings(
             "setting 'cgroup_name': letters, digits, '.', '-' or '_' (one path component)",
             field="cgroup_name",
         )
+    runtime = r.get_str("runtime_dir", "/run/hidsd")
     prefix = r.get_str("subject_prefix", DEFAULT_SUBJECT_PREFIX) or DEFAULT_SUBJECT_PREFIX
     key_prefix = r.get_str("key_prefix", DEFAULT_KEY_PREFIX) or DEFAULT_KEY_PREFIX
     if not key_prefix.startswith("/") or not key_prefix.endswith("/"):
@@ -322,4 +329,5 @@ def load_agent_settings(
         shutdown_timeout_s=r.get_num("shutdown_timeout_s", 5.0),
         log_level=log_level,
         log_format=log_format,
+        runtime_dir=Path(runtime) if runtime else None,
     )

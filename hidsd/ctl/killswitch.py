@@ -33,13 +33,15 @@ from hidsd.bus.protocol import (
     decode_reply,
     encode_request,
 )
-from hidsd.bus.signing import OperatorKey
+from hidsd.bus.signing import OperatorKey, RejectReason
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus
 from hidsd.core.aio import wait_timeout
 from hidsd.core.errors import NoResponse, NotRecorded, ProtocolError, StoreUnavailable
 
 DEFAULT_TTL_S = 300.0
+#: ack reasons that mean the host's clock refused the command
+TIME_REASONS = (RejectReason.EXPIRED, RejectReason.NOT_YET_VALID)
 
 
 def new_command_id() -> str:
@@ -66,6 +68,9 @@ class IssueResult:
     bad_acks: int = 0
     broadcast: bool = False
     bus_error: str | None = None
+    #: hosts whose clock refused the broadcast (expired / not yet valid): host -> why. A
+    #: recorded command still reaches them from etcd; their later ack replaces the refusal.
+    clock_refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def acked(self) -> list[str]:
@@ -122,6 +127,7 @@ class IssueResult:
             "elapsed_ms": round(self.elapsed_ms, 2),
             "record_ms": round(self.record_ms, 2),
             "bad_acks": self.bad_acks,
+            "clock_refused_hosts": dict(sorted(self.clock_refused.items())),
             "complete": self.complete,
         }
 
@@ -204,9 +210,16 @@ async def issue_command(
         if result.first_ack_ms is None and t_publish:
             result.first_ack_ms = round((time.perf_counter() - t_publish) * 1000, 2)
         first = ack.host not in result.acks
-        result.acks[ack.host] = ack
+        clock_refusal = ack.status is AckStatus.REJECTED and ack.reason in TIME_REASONS
+        if clock_refusal:
+            result.clock_refused[ack.host] = f"{ack.reason}: {ack.detail}"
+        if not (clock_refusal and not first):
+            # a refusal of the broadcast never hides an ack the host sent from etcd's copy
+            result.acks[ack.host] = ack
         if expected_set is not None:
-            if ack.host in remaining:
+            if clock_refusal and result.recorded:
+                pass  # the host re-reads etcd and acks again: keep waiting for it
+            elif ack.host in remaining:
                 remaining.discard(ack.host)
             elif first and ack.host not in expected_set:
                 result.unexpected.append(ack.host)

@@ -153,22 +153,26 @@ def keys_show(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
 MODE_STYLE = {"running": "green", "stopped": "bold red", "exiting": "yellow"}
 BREAKER_STYLE = {"normal": "green", "throttled": "yellow", "shedding": "dark_orange",
                  "tripped": "bold red", "recovering": "cyan"}  # fmt: skip
+STORAGE_STYLE = {"ok": "green", "full": "bold red", "read-only": "bold red", "error": "red"}
 
 
 def _agents_table(agents: list[dict[str, Any]]) -> Table:
     t = Table(title=f"{len(agents)} agents")
-    for col in ("host", "liveness", "mode", "breaker", "groups", "rev", "converged", "last seen"):
+    for col in ("host", "liveness", "mode", "breaker", "storage", "groups", "rev", "converged",
+                "last seen"):  # fmt: skip
         t.add_column(col, no_wrap=col in ("host", "mode", "liveness"))
     for a in agents:
         live = a["liveness"]
         mode = a.get("mode", "?")
         conv = a.get("converged")
         br = str((a.get("breaker") or {}).get("state", "-"))
+        st = str((a.get("storage") or {}).get("status", "-"))
         t.add_row(
             a["host"],
             f"[{'green' if live == 'online' else 'red'}]{live}[/]",
             f"[{MODE_STYLE.get(mode, 'white')}]{mode}[/]" + (" (held)" if a.get("held") else ""),
             f"[{BREAKER_STYLE.get(br, 'white')}]{br}[/]",
+            f"[{STORAGE_STYLE.get(st, 'white')}]{st}[/]",
             ",".join(a.get("groups", [])),
             str(a.get("applied_rev", "-")),
             "-"
@@ -227,11 +231,43 @@ def agents_show(
         if v:
             t.add_row(f"rejected.{k}", str(v))
     _breaker_rows(t, res.get("breaker") or {})
+    _storage_rows(t, res.get("storage") or {})
+    _clock_rows(t, res)
     events = [e for e in res.get("events", []) if e.get("kind") == "breaker"]
     for e in events[-5:]:
         t.add_row("breaker event", f"{_ago(e.get('at'))}: {e.get('old')} -> {e.get('state')}: "
                   f"{e.get('reason')}")  # fmt: skip
     out.print(t)
+
+
+def _storage_rows(t: Table, st: dict[str, Any]) -> None:
+    if not st:
+        return
+    status = str(st.get("status", "?"))
+    t.add_row("storage", f"[{STORAGE_STYLE.get(status, 'white')}]{status}[/] {st.get('path', '')}"
+              + (f": {st['error']}" if st.get("error") else ""))  # fmt: skip
+    for what, why in sorted((st.get("failing") or {}).items()):
+        t.add_row(f"storage.failing.{what}", str(why))
+    if st.get("free_bytes") is not None:
+        t.add_row("storage.free_bytes", f"{st['free_bytes']:,}")
+    t.add_row("storage.fds", f"{st.get('fds_open', '?')} open of {st.get('fds_limit', '?')}")
+    t.add_row("storage.errors",
+              f"{st.get('errors_total', 0)} ({st.get('recoveries', 0)} recovered)")  # fmt: skip
+
+
+def _clock_rows(t: Table, res: dict[str, Any]) -> None:
+    skew = res.get("clock_skew_s")
+    if skew is not None:
+        style = "red" if abs(skew) > 2.0 else "green"
+        t.add_row("clock skew (vs controller)", f"[{style}]{skew:+.3f} s[/]")
+    c = res.get("clock") or {}
+    if c.get("command_skew_s") is not None:
+        t.add_row("clock skew (vs last command)", f"{c['command_skew_s']:+.3f} s")
+    refused = c.get("refused_expired", 0) + c.get("refused_not_yet_valid", 0)
+    if refused:
+        counts = (f"{c.get('refused_expired', 0)} expired, "
+                  f"{c.get('refused_not_yet_valid', 0)} not yet valid")  # fmt: skip
+        t.add_row("clock refused", f"[red]{counts}[/]: {c.get('last_refusal')}")
 
 
 def _breaker_rows(t: Table, b: dict[str, Any]) -> None:
@@ -278,6 +314,13 @@ def fleet_status(
     for h, b in res.get("breaker_not_normal", {}).items():
         deny = f" (denylisted: {', '.join(b['denylist'])})" if b.get("denylist") else ""
         t.add_row(f"  {h}", f"{b.get('state')}: {b.get('reason')}{deny}")
+    for status, n in sorted(res.get("by_storage", {}).items()):
+        t.add_row(f"storage {status}", f"[{STORAGE_STYLE.get(status, 'white')}]{n}[/]")
+    for h, st in res.get("storage_not_ok", {}).items():
+        t.add_row(f"  {h}", f"{st.get('status')}: {st.get('path')}: {st.get('error')}")
+    if res.get("clock_skewed"):
+        t.add_row("clock skewed", " ".join(f"{h} ({v:+.1f} s)"
+                                           for h, v in res["clock_skewed"].items()))  # fmt: skip
     conv = (
         "unknown (etcd unreachable)"
         if not res["store_ok"]
@@ -415,6 +458,10 @@ def _report(res: Any, as_json: bool) -> None:
     if d["superseded_hosts"]:
         t.add_row("superseded", " ".join(d["superseded_hosts"]))
     t.add_row("rejected", " ".join(d["rejected_hosts"]) or "0")
+    for h, why in d["clock_refused_hosts"].items():
+        then = (" (then applied from etcd)"
+                if d["statuses"].get(h) != "rejected" else "")  # fmt: skip
+        t.add_row(f"clock refused on {h}", f"[yellow]{why}[/]{then}")
     if d["missing_hosts"] is not None:
         t.add_row(
             "missing", "[red]" + " ".join(d["missing_hosts"]) + "[/]" if d["missing_hosts"] else "0"

@@ -33,7 +33,9 @@ from hidsd.bus.transport import backoff_delay
 from hidsd.core.aio import wait_timeout
 from hidsd.core.errors import ProtocolError
 from hidsd.core.proc import with_pdeathsig
+from hidsd.core.storage import StorageHealth, describe
 from hidsd.plugins import frames
+from hidsd.plugins.pluginlog import PluginLog
 from hidsd.plugins.telemetry import Pipeline, PipelineLimits, Publish, Spool
 
 if TYPE_CHECKING:
@@ -42,7 +44,16 @@ if TYPE_CHECKING:
 BUILTIN = ("inventory", "procmon", "fim", "authlog", "loadgen", "drill")
 #: always reported, zero or not, so a missing key never hides a count
 RUNNER_COUNTERS = ("starts", "records", "bad_frames", "truncated_frames", "parked",
-                   "task_pipe_broken", "runner_errors")  # fmt: skip
+                   "task_pipe_broken", "runner_errors", "start_failed")  # fmt: skip
+
+
+class StartFailed(Exception):
+    """The plugin could not be spawned for lack of a resource (descriptors, processes,
+    memory): not the plugin's fault, so it is retried with backoff and never parked."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(describe(exc))
+        self.exc = exc
 
 
 class PluginState(StrEnum):
@@ -101,12 +112,14 @@ class PluginRunner:
     nice: int = 0
     #: frames of these data types go to a callback (plugin name, frame) instead of telemetry
     routes: dict[int, Callable[[str, bytes], None]] = field(default_factory=dict)
+    health: StorageHealth | None = None
     _ps: Any = None
     _rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
         self.log: Any = structlog.get_logger("hidsd.plugins").bind(plugin=self.spec.name)
         self._restart_now = asyncio.Event()
+        self.stderr_log = PluginLog(self.log_dir / f"{self.spec.name}.log", health=self.health)
 
     async def update(self, spec: PluginSpec) -> None:
         """Hot reload of params (sent as a CONFIG task) and telemetry limits."""
@@ -149,6 +162,19 @@ class PluginRunner:
             started = time.monotonic()
             try:
                 await self._run_once()
+            except StartFailed as exc:
+                self.counters["start_failed"] += 1
+                self.last_exit = f"cannot start: {exc}"
+                if self.health is not None:
+                    self.health.failed(f"plugin:{self.spec.name}", self.spec.argv[0], exc.exc)
+                failures += 1
+                self.state = PluginState.BACKOFF
+                delay = backoff_delay(failures, 0.5, 30.0, self._rng)
+                self.log.error("plugin_start_failed", error=str(exc), retry_in_s=round(delay, 2))
+                self._restart_now.clear()
+                with contextlib.suppress(TimeoutError):
+                    await wait_timeout(self._restart_now.wait(), delay)
+                continue
             except Exception as exc:
                 # A fault in one plugin's plumbing must not take the agent down: count it
                 # and treat it as an exit (restart per policy).
@@ -179,17 +205,33 @@ class PluginRunner:
                 await wait_timeout(self._restart_now.wait(), delay)
 
     async def _run_once(self) -> None:
-        log_path = self.log_dir / f"{self.spec.name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         join = self.resources.plugin_join_paths(self.spec.name) if self.resources else []
-        with open(log_path, "ab") as errlog:
+        try:
             self.proc = await asyncio.create_subprocess_exec(
                 *with_pdeathsig(self.spec.argv, os.getpid(), join),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=errlog,
+                stderr=asyncio.subprocess.PIPE,  # the agent keeps the log (PluginLog)
                 start_new_session=True,  # its own process group: stop kills the whole tree
             )
+        except OSError as exc:
+            raise StartFailed(exc) from exc
+        if self.health is not None:
+            self.health.ok(f"plugin:{self.spec.name}")
+        assert self.proc.stderr is not None
+        async with asyncio.TaskGroup() as tg:
+            pump = tg.create_task(self.stderr_log.pump(self.proc.stderr),
+                                  name=f"plugin-log:{self.spec.name}")  # fmt: skip
+            try:
+                await self._run_started()
+            finally:
+                # EOF once the group is gone; a daemonised grandchild may keep the pipe open
+                _done, pending = await asyncio.wait([pump], timeout=1.0)
+                for t in pending:
+                    t.cancel()
+
+    async def _run_started(self) -> None:
+        assert self.proc is not None
         self._ps = None
         self.state = PluginState.RUNNING
         self.counters["starts"] += 1
@@ -298,7 +340,7 @@ class PluginRunner:
                     self._ps.cpu_percent(None)
                 cpu = self._ps.cpu_percent(None)
                 rss = self._ps.memory_info().rss
-            except psutil.Error:
+            except (psutil.Error, OSError):  # gone, or out of descriptors: no figure now
                 pass
         return {
             "state": self.state.value,
@@ -310,6 +352,7 @@ class PluginRunner:
             "rate_factor": self.pipeline.rate_factor,
             **{k: self.counters.get(k, 0) for k in RUNNER_COUNTERS},
             **dict(self.counters),
+            **self.stderr_log.stats(),
             **{f"tel.{k}": v for k, v in self.pipeline.stats().items()},
         }
 
@@ -326,6 +369,7 @@ class Supervisor:
         spool_max_bytes: int = 64 << 20,
         resources: ResourceControl | None = None,
         routes: dict[int, Callable[[str, bytes], None]] | None = None,
+        health: StorageHealth | None = None,
     ) -> None:
         self.host = host
         self.subject_for = subject_for
@@ -339,6 +383,7 @@ class Supervisor:
         self.allowed = True
         self.resources = resources
         self.routes = routes or {}
+        self.health = health
         #: plugins the circuit breaker holds stopped (shed, tripped or denylisted)
         self.blocked: frozenset[str] = frozenset()
         self.rate_factor = 1.0
@@ -450,13 +495,15 @@ class Supervisor:
                 plugin=name,
                 subject=self.subject_for(name),
                 publish=self.publish,
-                spool=Spool(self.data_dir / "spool" / name, spec.limits.spool_max_bytes),
+                spool=Spool(
+                    self.data_dir / "spool" / name, spec.limits.spool_max_bytes, self.health
+                ),
                 limits=spec.limits,
                 rate_factor=self.rate_factor,
             )
             runner = PluginRunner(spec, pipeline, self.data_dir / "plugin-logs",
                                   resources=self.resources, nice=self.nice,
-                                  routes=self.routes)  # fmt: skip
+                                  routes=self.routes, health=self.health)  # fmt: skip
             self.running[name] = (runner, tg.create_task(runner.run(), name=f"plugin:{name}"))
 
     async def _stop(self, name: str) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from hidsd.core.aio import wait_timeout
 from hidsd.core.errors import NotPublishable
+from hidsd.core.storage import FD_ERRNOS, StorageHealth
 from hidsd.plugins import frames
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
@@ -75,45 +76,96 @@ class Batch:
 
 
 class Spool:
-    """Batches that could not be published, one file each, oldest first, bounded in bytes."""
+    """Batches that could not be published, one file each, oldest first, bounded in bytes.
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    Storage errors never escape: a batch that cannot be written is refused (the caller counts
+    it as `dropped_spool_full`), one that cannot be read back is dropped and counted, one that
+    cannot be deleted after it was sent is forgotten (a resend after a restart is de-duplicated
+    by its message id). Each failure goes to `health`, and clears there on the next success.
+    """
+
+    def __init__(
+        self, directory: Path, max_bytes: int, health: StorageHealth | None = None
+    ) -> None:
         self.dir = directory
         self.max_bytes = max_bytes
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.health = health
+        self.what = f"spool:{directory.name}"
         self._files: deque[tuple[Path, int]] = deque()
-        for p in sorted(self.dir.glob("*.batch")):
-            self._files.append((p, p.stat().st_size))
-        for p in self.dir.glob("*.tmp"):
-            p.unlink(missing_ok=True)  # a write interrupted by a crash
+        self.unreadable_records = 0
+        self.undeletable = 0
+        self.bytes = 0
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for p in sorted(self.dir.glob("*.batch")):
+                self._files.append((p, p.stat().st_size))
+            for p in self.dir.glob("*.tmp"):
+                p.unlink(missing_ok=True)  # a write interrupted by a crash
+        except OSError as exc:
+            self._failed(exc)  # what was listed stays; put() retries the directory
         self.bytes = sum(size for _, size in self._files)
 
     def __len__(self) -> int:
         return len(self._files)
 
+    def _failed(self, exc: OSError) -> None:
+        if self.health is not None:
+            self.health.failed(self.what, self.dir, exc)
+
+    def _ok(self) -> None:
+        if self.health is not None:
+            self.health.ok(self.what)
+
     def put(self, batch: Batch) -> bool:
-        """Append; False (nothing written) when it would exceed the bound."""
+        """Append; False (nothing kept) when over the bound or the disk refuses it."""
         size = len(batch.body) + 64
         if self.bytes + size > self.max_bytes:
             return False
         name = self.dir / f"{batch.name}.batch"
         tmp = name.with_suffix(".tmp")
-        tmp.write_bytes(batch.body)
-        os.replace(tmp, name)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(batch.body)
+            os.replace(tmp, name)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # a partial file would only take space
+            self._failed(exc)
+            return False
+        self._ok()
         self._files.append((name, size))
         self.bytes += size
         return True
 
     def peek(self) -> Batch | None:
-        if not self._files:
-            return None
-        path, _ = self._files[0]
-        epoch, seq, count = path.stem.split("-")
-        return Batch(int(epoch), int(seq), int(count), path.read_bytes())
+        """The oldest batch. One that cannot be read is dropped and counted; out of
+        descriptors, None (try again later)."""
+        while self._files:
+            path, _ = self._files[0]
+            epoch, seq, count = path.stem.split("-")
+            try:
+                body = path.read_bytes()
+            except OSError as exc:
+                self._failed(exc)
+                if exc.errno in FD_ERRNOS:
+                    return None
+                self.unreadable_records += int(count)
+                self._forget()
+                continue
+            return Batch(int(epoch), int(seq), int(count), body)
+        return None
 
     def pop(self) -> None:
-        path, size = self._files.popleft()
-        path.unlink(missing_ok=True)
+        path, _ = self._files[0]
+        self._forget()
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # read-only now: sent anyway; a resend is de-duplicated
+            self.undeletable += 1
+            self._failed(exc)
+
+    def _forget(self) -> None:
+        _, size = self._files.popleft()
         self.bytes -= size
 
 
@@ -255,6 +307,9 @@ class Pipeline:
             while True:
                 batch = self.spool.peek() if len(self.spool) else None
                 from_spool = batch is not None
+                if batch is None and len(self.spool):
+                    await asyncio.sleep(0.5)  # out of descriptors: the spool goes first
+                    continue
                 if batch is None:
                     if not self._ready:
                         break
@@ -353,6 +408,8 @@ class Pipeline:
             "ready_batches": len(self._ready),
             "spool_batches": len(self.spool),
             "spool_bytes": self.spool.bytes,
+            "dropped_spool_unreadable": self.spool.unreadable_records,
+            "spool_undeletable": self.spool.undeletable,
             "next_seq": self.next_seq,
         }
 

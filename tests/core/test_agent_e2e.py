@@ -165,15 +165,16 @@ async def test_agent_restart_never_goes_back(stack: Stack) -> None:
 
 async def test_agent_without_nats_still_converges_from_etcd(stack: Stack) -> None:
     """No agent escapes control: with its NATS unreachable, it still applies etcd's state."""
-    from hidsd.core.agent import STATE_FILE
-    from hidsd.core.control import ControlState
+    from hidsd.core.statefile import StateFile
 
     _code, res = await stack.hidsctl_json("fleet", "stop")
     assert res["recorded"], res
     a = await stack.start_agent("island-1", ["web"], nats_servers=["nats://127.0.0.1:1"])
-    state_file = stack.workdir / "data-island-1" / STATE_FILE
-    await wait_for(state_file.exists, 20, "state file written")
-    state = ControlState.from_bytes(state_file.read_bytes())
+    state_file = StateFile(stack.workdir / "data-island-1")
+    state = await wait_for(
+        lambda: (st := state_file.load()) is not None and st.applied_rev and st, 20,
+        "state file written",
+    )
     assert state.mode.value == "stopped" and state.applied_rev == res["rev"]
     assert "nats_connect_failed" in a.output()
     assert a.stop() == 0
