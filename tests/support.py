@@ -7,6 +7,7 @@ Each test gets its own subject and key prefix, so tests can share one server pai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,8 @@ class Stack:
             "groups": groups,
             "trusted_keys": [self.pub],
             "data_dir": str(self.workdir / f"data-{host}"),
+            # the control state's second copy: per test, never the machine's /run/hidsd
+            "runtime_dir": str(self.workdir / f"run-{host}"),
             "subject_prefix": self.prefix,
             "key_prefix": f"/{self.prefix}/",
             "heartbeat_s": 0.5,
@@ -243,11 +246,17 @@ class Stack:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    async def start_agent(self, host: str, groups: list[str], **extra: Any) -> Proc:
+    async def start_agent(
+        self, host: str, groups: list[str], wrapper: tuple[str, ...] = (),
+        env: dict[str, str] | None = None, **extra: Any,
+    ) -> Proc:  # fmt: skip
+        """A real agent process; `wrapper` runs it under another command (faketime)."""
         if host not in self.agent_creds:
             await self.add_agent_user(host, groups)
         cfg = self.agent_config(host, groups, **extra)
-        return self._spawn(f"agent-{host}", [PY, "-m", "hidsd.core.main", "-c", str(cfg)])
+        return self._spawn(
+            f"agent-{host}", [*wrapper, PY, "-m", "hidsd.core.main", "-c", str(cfg)], env
+        )
 
     def start_controller(self, name: str = "c1", env: dict[str, str] | None = None) -> Proc:
         # JetStream reserves each stream's max bytes: many tests share one server
@@ -343,3 +352,44 @@ class Stack:
     def stop_all(self) -> None:
         for p in reversed(self.procs):
             p.stop()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "2m") -> Iterator[Path]:
+    """A real small filesystem at `path` (root only: the caller skips otherwise)."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def remount(path: Path, mode: str) -> None:
+    """`mount -o remount,ro|rw` of a tmpfs made by `tmpfs`."""
+    r = subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], capture_output=True,
+                       check=False)  # fmt: skip
+    if r.returncode != 0:
+        raise AssertionError(f"remount,{mode} {path}: {r.stderr.decode().strip()}")
+
+
+def fill(path: Path) -> Path:
+    """Fill the filesystem of `path` to the last byte; returns the filler file."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (64 << 10, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def can_mount() -> str:
+    """'' if this process can mount a tmpfs, else why not (the reason a test skips with)."""
+    if os.geteuid() != 0:
+        return "needs root to mount a tmpfs"
+    return ""

@@ -28,9 +28,13 @@ from hidsd.bus.transport import Bus, BusOptions
 async def member(stack: Stack, subjects: Subjects, name: str, delay: float = 0.0) -> Any:
     bus = Bus(BusOptions(servers=(stack.nats.url,), name=f"test-{name}"))
     await bus.connect()
-    got: dict[str, list[Any]] = {"hb": [], "acks": []}
-    c = Cluster(name, subjects, bus, lambda m, raw: got["hb"].append((m, raw)),
-                got["acks"].append, flush_s=0.05, announce_s=0.2)  # fmt: skip
+    got: dict[str, list[Any]] = {"hb": [], "acks": [], "skew": []}
+
+    def on_hb(m: HeartbeatMeta, raw: bytes | None, skew: float | None) -> None:
+        got["hb"].append((m, raw))
+        got["skew"].append(skew)
+
+    c = Cluster(name, subjects, bus, on_hb, got["acks"].append, flush_s=0.05, announce_s=0.2)
 
     async def share(params: dict[str, Any]) -> Any:
         await asyncio.sleep(delay)
@@ -68,9 +72,10 @@ async def test_forwarding_membership_and_a_share_redone(stack: Stack) -> None:
         from dataclasses import replace
 
         hb2 = replace(hb, seq=2, sent_at=2.0, cpu_pct=5.0)
-        a.forward_heartbeat(hb2, encode_heartbeat(hb2))
+        a.forward_heartbeat(hb2, encode_heartbeat(hb2), skew_s=-600.5)
         await wait_for(lambda: len(bgot["hb"]) == 2, 5)
         assert bgot["hb"][1] == (HeartbeatMeta.of(hb2), None)
+        assert bgot["skew"][:2] == [None, -600.5]  # the receiver's measure of the agent clock
         hb3 = replace(hb, seq=3, sent_at=3.0, mode=RunMode.STOPPED)  # a change: body again
         a.forward_heartbeat(hb3, encode_heartbeat(hb3))
         await wait_for(lambda: len(bgot["hb"]) == 3, 5)

@@ -10,6 +10,7 @@ import msgpack
 import pytest
 
 from hidsd.bus.protocol import (
+    CLOCK_TOLERANCE_S,
     FLEET_TARGET,
     MAX_COMMAND_BYTES,
     MAX_COMMAND_TTL_S,
@@ -26,6 +27,7 @@ from hidsd.core.control import (
     ControlPolicy,
     ControlState,
     DesiredRecord,
+    TimeRefusal,
 )
 from hidsd.core.errors import CommandRejected, ProtocolError
 
@@ -527,3 +529,55 @@ def test_policy_resumes_from_persisted_state() -> None:
     d = p.apply_command(p.accept(sign(cmd(CommandKind.RESUME, rev=29)), now=NOW))
     assert d.ack_status is AckStatus.SUPERSEDED
     assert p.state.mode is RunMode.STOPPED
+
+
+# --------------------------------------------------------------------------- clock skew
+
+
+def test_clock_ahead_refuses_as_expired_and_names_the_command() -> None:
+    """A host 10 min ahead: the command is verified, refused by the clock, and the refusal
+    carries the command (the agent acks it and reads etcd) and the observed skew."""
+    p = policy()
+    c = cmd(rev=7, issued_at=NOW, ttl=300)
+    with pytest.raises(TimeRefusal) as ei:
+        p.accept(sign(c), now=NOW + 600)
+    assert ei.value.reason == RejectReason.EXPIRED and ei.value.command == c
+    assert "by this host's clock" in ei.value.message
+    report = p.clock_report()
+    assert report.command_skew_s == 600.0 and report.refused_expired == 1
+    assert c.id in report.last_refusal
+    assert p.state == ControlState()  # nothing applied from the bus
+
+
+def test_clock_behind_refuses_as_not_yet_valid() -> None:
+    p = policy()
+    c = cmd(rev=7, issued_at=NOW, ttl=300)
+    with pytest.raises(TimeRefusal) as ei:
+        p.accept(sign(c), now=NOW - 600)
+    assert ei.value.reason == RejectReason.NOT_YET_VALID
+    assert p.clock_report().command_skew_s == -600.0
+    assert p.clock_report().refused_not_yet_valid == 1
+    # within the tolerance a slightly fast issuer is fine
+    c2 = cmd(rev=8, issued_at=NOW + CLOCK_TOLERANCE_S - 1)
+    assert p.accept(sign(c2), now=NOW) == c2
+
+
+def test_time_refusal_still_needs_signature_target_and_no_replay() -> None:
+    p = policy()
+    c = cmd(rev=7, issued_at=NOW, ttl=300, scope=Scope.HOST, target="other-host")
+    assert reject_reason(p, sign(c), now=NOW + 600) == RejectReason.WRONG_TARGET
+    mine = cmd(rev=8, issued_at=NOW, ttl=300)
+    with pytest.raises(TimeRefusal):
+        p.accept(sign(mine), now=NOW + 600)
+    assert reject_reason(p, sign(mine), now=NOW + 600) == RejectReason.REPLAYED
+
+
+def test_skew_is_not_taken_from_an_old_command() -> None:
+    """An old signed command replayed would show a skew that is not there."""
+    p = policy()
+    p.apply_command(p.accept(sign(cmd(rev=10, issued_at=NOW)), now=NOW + 0.01))
+    assert p.clock_report().command_skew_s == 0.01
+    old = cmd(rev=3, issued_at=NOW - 3000, ttl=60)
+    with pytest.raises(TimeRefusal):
+        p.accept(sign(old), now=NOW)
+    assert p.clock_report().command_skew_s == 0.01
