@@ -519,6 +519,8 @@ class Ack:
     mode: RunMode = RunMode.RUNNING
     #: for a rejection: the RejectReason (e.g. "expired" when the host's clock is off)
     reason: str = ""
+    #: the agent's wall clock when it acked: the issuer compares it with its own (0: unknown)
+    sent_at: float = 0.0
 
 
 def encode_ack(ack: Ack) -> bytes:
@@ -531,6 +533,7 @@ def encode_ack(ack: Ack) -> bytes:
             "detail": ack.detail,
             "mode": ack.mode.value,
             **({"reason": ack.reason} if ack.reason else {}),
+            **({"sent_at": ack.sent_at} if ack.sent_at else {}),
         }
     )
 
@@ -555,6 +558,7 @@ def decode_ack(data: bytes) -> Ack:
         detail=_field(m, "detail", str, "ack"),
         mode=mode,
         reason=_field(m, "reason", str, "ack") if "reason" in m else "",
+        sent_at=_finite(m, "sent_at", "ack") if "sent_at" in m else 0.0,
     )
 
 

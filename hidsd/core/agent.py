@@ -25,6 +25,7 @@ from hidsd.bus.protocol import (
     Heartbeat,
     KeyLayout,
     RunMode,
+    StorageStatus,
     Subjects,
     command_plugin,
     encode_event,
@@ -147,16 +148,17 @@ class StorageService:
     def __init__(self, agent: Agent, period_s: float = 2.0) -> None:
         self.agent = agent
         self.period_s = period_s
+        self._reported = StorageStatus.OK
 
     def tick(self) -> None:
         a = self.agent
-        before = a.health.status
+        before = self._reported
         a.health.probe()
         a.fd_reserve.take()
         a.state_file.retry()
         a.config.retry_last_good()
         a.breaker.retry_save()
-        after = a.health.status
+        after = self._reported = a.health.status
         if after is not before:
             r = a.health.report()
             log = a.log.info if after.value == "ok" else a.log.error

@@ -67,7 +67,8 @@ class CommandService:
             st, c = self.policy.state, exc.command
             if st.applied_cmd == c.id and st.applied_rev == c.rev:  # etcd's copy came first
                 detail = f"already applied from etcd (this host's clock: {exc.message})"
-                await self.ack(Decision(st, False, AckStatus.APPLIED, c.id, c.rev, detail))
+                await self.ack(Decision(st, False, AckStatus.APPLIED, c.id, c.rev, detail),
+                               exc.reason)  # fmt: skip
                 return
             refused = Decision(st, False, AckStatus.REJECTED, c.id, c.rev, exc.message)
             await self.ack(refused, exc.reason)
@@ -103,5 +104,6 @@ class CommandService:
             detail=decision.detail,
             mode=decision.state.mode,
             reason=reason,
+            sent_at=self.policy.clock(),
         )
         await self.bus.publish(self.subjects.ack(decision.cmd_id), encode_ack(ack))

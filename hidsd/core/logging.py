@@ -31,6 +31,15 @@ class LevelFilter:
         return event_dict
 
 
+def _exception_info(
+    _logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """`log.exception(...)` carries the traceback (the generic BoundLogger does not add it)."""
+    if method == "exception":
+        event_dict.setdefault("exc_info", True)
+    return event_dict
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog for this process. `auto` picks console on a tty, JSON otherwise."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -45,6 +54,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _exception_info,
             structlog.processors.format_exc_info,
             renderer,
         ],

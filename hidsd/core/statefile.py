@@ -216,10 +216,16 @@ class StateFile:
                 m = None
             if m is not None and (best is None or m[0] > best[0]):
                 best = m
+                behind = True  # the primary missed saves (read-only then): it catches up
+            else:
+                behind = False
         if best is None:
             return self._load_legacy()
         self.generation = best[0]
-        return ControlState.from_bytes(best[1])
+        state = ControlState.from_bytes(best[1])
+        if primary_exists and self.mirror is not None and behind:
+            self.pending = state
+        return state
 
     def _load_legacy(self) -> ControlState | None:
         try:

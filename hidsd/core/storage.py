@@ -51,6 +51,7 @@ class Failure:
     error: str
     since: float
     count: int
+    errno: int | None = None
 
 
 @dataclass(slots=True)
@@ -74,7 +75,9 @@ class StorageHealth:
         old = self.failures.get(what)
         since = old.since if old is not None and old.status is status else self.clock()
         count = (old.count if old is not None else 0) + 1
-        self.failures[what] = Failure(what, status, str(path), describe(exc), since, count)
+        self.failures[what] = Failure(
+            what, status, str(path), describe(exc), since, count, exc.errno
+        )
         self.errors_total += 1
         return status
 
@@ -95,6 +98,19 @@ class StorageHealth:
         self.probe_error = ""
         self.free_bytes = st.f_bavail * st.f_frsize
         self.fs_read_only = bool(st.f_flag & os.ST_RDONLY)
+        if not self.fs_read_only and self.free_bytes >= self.low_space_bytes:
+            # Space and write access are back: writers that only write when there is
+            # something to write (spool, plugin logs) would otherwise report a full disk
+            # until their next write. Writers that owe a save retry right after this probe
+            # and fail again if the disk still refuses them.
+            for what in [
+                w for w, f in self.failures.items() if f.status is not StorageStatus.ERROR
+            ]:
+                self.ok(what)
+        if any(f.errno in FD_ERRNOS for f in self.failures.values()) and _can_open():
+            # descriptors are back: the same goes for what ran out of them
+            for what in [w for w, f in self.failures.items() if f.errno in FD_ERRNOS]:
+                self.ok(what)
 
     @property
     def status(self) -> StorageStatus:
@@ -140,6 +156,14 @@ class StorageHealth:
             fds_open=_count_fds(),
             fds_limit=_fd_limit(),
         )
+
+
+def _can_open() -> bool:
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
 
 
 def _count_fds() -> int | None:

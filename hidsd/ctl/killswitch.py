@@ -22,6 +22,7 @@ import msgpack
 from nats.aio.msg import Msg
 
 from hidsd.bus.protocol import (
+    CLOCK_TOLERANCE_S,
     Ack,
     AckStatus,
     Command,
@@ -40,6 +41,8 @@ from hidsd.core.aio import wait_timeout
 from hidsd.core.errors import NoResponse, NotRecorded, ProtocolError, StoreUnavailable
 
 DEFAULT_TTL_S = 300.0
+#: a host whose ack shows a clock this far from ours is named in the summary
+CLOCK_SKEW_WARN_S = 2.0
 #: ack reasons that mean the host's clock refused the command
 TIME_REASONS = (RejectReason.EXPIRED, RejectReason.NOT_YET_VALID)
 
@@ -71,6 +74,8 @@ class IssueResult:
     #: hosts whose clock refused the broadcast (expired / not yet valid): host -> why. A
     #: recorded command still reaches them from etcd; their later ack replaces the refusal.
     clock_refused: dict[str, str] = field(default_factory=dict)
+    #: each acking host's clock minus ours, from the ack's sent_at (latency included)
+    clock_skew: dict[str, float] = field(default_factory=dict)
 
     @property
     def acked(self) -> list[str]:
@@ -83,6 +88,9 @@ class IssueResult:
     @property
     def superseded(self) -> list[str]:
         return sorted(h for h, a in self.acks.items() if a.status is AckStatus.SUPERSEDED)
+
+    def skewed(self) -> dict[str, float]:
+        return {h: v for h, v in sorted(self.clock_skew.items()) if abs(v) > CLOCK_SKEW_WARN_S}
 
     @property
     def missing(self) -> list[str] | None:
@@ -128,6 +136,7 @@ class IssueResult:
             "record_ms": round(self.record_ms, 2),
             "bad_acks": self.bad_acks,
             "clock_refused_hosts": dict(sorted(self.clock_refused.items())),
+            "clock_skewed_hosts": self.skewed(),
             "complete": self.complete,
         }
 
@@ -210,9 +219,22 @@ async def issue_command(
         if result.first_ack_ms is None and t_publish:
             result.first_ack_ms = round((time.perf_counter() - t_publish) * 1000, 2)
         first = ack.host not in result.acks
-        clock_refusal = ack.status is AckStatus.REJECTED and ack.reason in TIME_REASONS
-        if clock_refusal:
+        if ack.reason in TIME_REASONS:  # refused by its clock (then maybe applied from etcd)
             result.clock_refused[ack.host] = f"{ack.reason}: {ack.detail}"
+        if ack.sent_at:
+            skew = round(ack.sent_at - time.time(), 3)
+            result.clock_skew[ack.host] = skew
+            # its verdict on the broadcast may come after its ack from etcd's copy: name it
+            # from its clock (the broadcast was issued just now, valid for ttl_s)
+            verdict = ""
+            if skew > ttl_s:
+                verdict = RejectReason.EXPIRED
+            elif -skew > CLOCK_TOLERANCE_S:
+                verdict = RejectReason.NOT_YET_VALID
+            if verdict and ack.host not in result.clock_refused:
+                result.clock_refused[ack.host] = (
+                    f"{verdict}: this host's clock is {skew:+.1f} s off ours")
+        clock_refusal = ack.status is AckStatus.REJECTED and ack.reason in TIME_REASONS
         if not (clock_refusal and not first):
             # a refusal of the broadcast never hides an ack the host sent from etcd's copy
             result.acks[ack.host] = ack

@@ -462,6 +462,9 @@ def _report(res: Any, as_json: bool) -> None:
         then = (" (then applied from etcd)"
                 if d["statuses"].get(h) != "rejected" else "")  # fmt: skip
         t.add_row(f"clock refused on {h}", f"[yellow]{why}[/]{then}")
+    if d["clock_skewed_hosts"]:
+        skewed = " ".join(f"{h} ({v:+.1f} s)" for h, v in d["clock_skewed_hosts"].items())
+        t.add_row("clock skewed", skewed)
     if d["missing_hosts"] is not None:
         t.add_row(
             "missing", "[red]" + " ".join(d["missing_hosts"]) + "[/]" if d["missing_hosts"] else "0"

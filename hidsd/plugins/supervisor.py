@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import random
 import signal
@@ -52,6 +53,12 @@ class StartFailed(Exception):
     memory): not the plugin's fault, so it is retried with backoff and never parked."""
 
     def __init__(self, exc: OSError) -> None:
+        if exc.errno not in errno.errorcode:
+            # uvloop's socketpair failure arrives as errno -1: find out whether it was ours
+            try:
+                os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError as probe:
+                exc = OSError(probe.errno, f"{probe.strerror} (spawning the plugin)")
         super().__init__(describe(exc))
         self.exc = exc
 

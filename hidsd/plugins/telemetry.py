@@ -152,6 +152,7 @@ class Spool:
                 self.unreadable_records += int(count)
                 self._forget()
                 continue
+            self._ok()
             return Batch(int(epoch), int(seq), int(count), body)
         return None
 
