@@ -356,6 +356,7 @@ class AgentProc:
             "groups": ["footprint"],
             "trusted_keys": [self.trusted_key],
             "data_dir": str(self.workdir / f"data-{self.run}"),
+            "runtime_dir": str(self.workdir / f"run-{self.run}"),
             "subject_prefix": self.prefix,
             "key_prefix": f"/{self.prefix}/",
             "log_format": "json",

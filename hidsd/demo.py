@@ -39,6 +39,7 @@ def _agent_config(work: Path, host: str, groups: list[str], pub: str, nats: str,
         f'host_id = "{host}"\ngroups = {groups!r}\n'.replace("'", '"')
         + f'trusted_keys = ["{pub}"]\n'
         f'data_dir = "{work / ("data-" + host)}"\n'
+        f'runtime_dir = "{work / ("run-" + host)}"\n'
         'heartbeat_s = 1.0\nresync_s = 15.0\nlog_format = "json"\n'
         # its own cgroup subtree per demo agent (when root; else psutil accounting)
         f'cgroup_name = "{work.name}-{host}"\n'
