@@ -159,8 +159,8 @@ class LiteAgent:
             host=host, groups=GROUPS, trust=trust, max_command_bytes=MAX_COMMAND_BYTES
         )
         self.state_file = StateFile(state_dir / host)
-        # An installed agent's data dir exists before any command arrives.
-        self.state_file.path.parent.mkdir(parents=True, exist_ok=True)
+        # An installed agent's data dir and reserved state slots exist before any command.
+        self.state_file.prepare()
         self.commands = CommandService(self.bus, self.policy, subjects, self._on_change)
         self.convergence: ConvergenceService | None = None
         self.saves = 0
@@ -168,10 +168,9 @@ class LiteAgent:
 
     def _on_change(self, state: ControlState, decision: Decision) -> None:
         """As `Agent._on_change`: persist first (the gate, log line and heartbeat are not here)."""
-        try:
-            self.state_file.save(state)
+        if self.state_file.save(state):
             self.saves += 1
-        except OSError:
+        else:
             self.save_errors += 1
 
     async def _on_store_decision(self, decision: Decision) -> None:

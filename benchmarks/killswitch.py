@@ -184,7 +184,7 @@ def state_save_cost(base: Path | None, samples: int = 300) -> dict[str, Any]:
     try:
         files = [StateFile(root / f"a{i}") for i in range(samples)]
         for f in files:
-            f.path.parent.mkdir(parents=True)
+            f.prepare()  # an agent reserves its slots once, at start
         times = []
         for i, f in enumerate(files):
             t0 = time.perf_counter()

@@ -247,16 +247,13 @@ class Stack:
         return path
 
     async def start_agent(
-        self, host: str, groups: list[str], wrapper: tuple[str, ...] = (),
-        env: dict[str, str] | None = None, **extra: Any,
-    ) -> Proc:  # fmt: skip
-        """A real agent process; `wrapper` runs it under another command (faketime)."""
+        self, host: str, groups: list[str], env: dict[str, str] | None = None, **extra: Any
+    ) -> Proc:
+        """A real agent process; `env` adds to its environment (libfaketime, say)."""
         if host not in self.agent_creds:
             await self.add_agent_user(host, groups)
         cfg = self.agent_config(host, groups, **extra)
-        return self._spawn(
-            f"agent-{host}", [*wrapper, PY, "-m", "hidsd.core.main", "-c", str(cfg)], env
-        )
+        return self._spawn(f"agent-{host}", [PY, "-m", "hidsd.core.main", "-c", str(cfg)], env)
 
     def start_controller(self, name: str = "c1", env: dict[str, str] | None = None) -> Proc:
         # JetStream reserves each stream's max bytes: many tests share one server

@@ -15,6 +15,7 @@ from hidsd.bus.protocol import (
     PROTOCOL_VERSION,
     Ack,
     AckStatus,
+    ClockReport,
     Command,
     CommandKind,
     Envelope,
@@ -22,6 +23,8 @@ from hidsd.bus.protocol import (
     KeyLayout,
     RunMode,
     Scope,
+    StorageReport,
+    StorageStatus,
     Subjects,
     Unsigned,
     check_name,
@@ -799,3 +802,48 @@ def test_large_replies_are_compressed_and_bounded() -> None:
     bomb = zlib.compress(b"\x00" * (300 << 20))
     with pytest.raises(ProtocolError, match="expands beyond"):
         decode_reply(_pack({"ok": True, "z": bomb}))
+
+
+# --------------------------------------------------------------------------- storage, clock
+
+
+def test_heartbeat_storage_and_clock_round_trip() -> None:
+    storage = StorageReport(
+        status=StorageStatus.READ_ONLY, path="/var/lib/hidsd", error="EROFS: Read-only",
+        free_bytes=0, failing={"state": "read-only: EROFS (/var/lib/hidsd/x)"},
+        errors_total=3, recoveries=1, fds_open=20, fds_limit=1024,
+    )  # fmt: skip
+    clock = ClockReport(command_skew_s=600.5, refused_expired=2, last_refusal="c: expired")
+    hb = make_heartbeat(storage=storage, clock=clock)
+    assert decode_heartbeat(encode_heartbeat(hb)) == hb
+    old = make_heartbeat()  # from an agent before these fields
+    m = hb_map()
+    assert "storage" not in m and decode_heartbeat(pack(m)).storage is None
+    assert decode_heartbeat(encode_heartbeat(old)).clock == ClockReport()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("storage", "full"),
+        ("storage", {"status": "melted", "path": "/", "error": "", "failing": {},
+                     "errors_total": 0, "recoveries": 0}),
+        ("storage", {"status": "ok", "path": "/", "error": "", "failing": {"a": 1},
+                     "errors_total": 0, "recoveries": 0}),
+        ("storage", {"status": "ok", "path": "/", "error": ""}),
+        ("clock", {"command_skew_s": float("nan"), "refused_expired": 0,
+                   "refused_not_yet_valid": 0, "last_refusal": ""}),
+        ("clock", {"command_skew_s": None, "refused_expired": "2",
+                   "refused_not_yet_valid": 0, "last_refusal": ""}),
+    ],
+)
+def test_heartbeat_bad_storage_or_clock(name: str, value: Any) -> None:
+    with pytest.raises(ProtocolError):
+        decode_heartbeat(pack(hb_map(**{name: value})))
+
+
+def test_ack_reason_and_time_round_trip() -> None:
+    ack = Ack("c-1", "h1", AckStatus.REJECTED, 5, "expired", RunMode.RUNNING, "expired", 12.5)
+    assert decode_ack(encode_ack(ack)) == ack
+    with pytest.raises(ProtocolError):
+        decode_ack(pack(ack_map(sent_at=float("inf"))))
