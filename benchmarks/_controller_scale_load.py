@@ -38,7 +38,7 @@ import uvloop
 from _fleet_query_data import agent_heartbeat
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import Ack, AckStatus, Subjects, encode_ack, encode_heartbeat
+from hidsd.wire.protocol import Ack, AckStatus, Subjects, encode_ack, encode_heartbeat
 
 READY_SUBJECT = "bench.cs.ready"
 GO_SUBJECT = "bench.cs.go"

@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/config_rollout.py --agents 1000 [--out PATH] [--workers 4]
 
-The script starts its own stack (`hidsd.devstack`: one nats-server, one etcd member, no etcd
+The script starts its own stack (`hidsd.dev.devstack`: one nats-server, one etcd member, no etcd
 auth) in a temp dir and an in-process fleet: `--workers` processes
 (`benchmarks/_config_fleet.py`), each running its slice of N "lite agents" on one uvloop loop.
 A lite agent is the real config path: its own `ConfigService` (per-key etcd watches on its
@@ -57,7 +57,13 @@ from _config_fleet import GROUP, SHARDS, WorkerConfig, host_id
 from _fleet import OP_SUBJECT, READY_SUBJECT, pack, raise_nofile_limit, unpack
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import (
+from hidsd.base import logging as hidsd_logging
+from hidsd.base.errors import HidsError, ProtocolError
+from hidsd.bus.store import Store
+from hidsd.bus.transport import Bus, BusOptions
+from hidsd.ctl import configplane
+from hidsd.dev.devstack import EtcdCluster, NatsServer, find_binary
+from hidsd.wire.protocol import (
     FLEET_TARGET,
     ConfigVersion,
     KeyLayout,
@@ -65,12 +71,6 @@ from hidsd.bus.protocol import (
     Subjects,
     decode_heartbeat,
 )
-from hidsd.bus.store import Store
-from hidsd.bus.transport import Bus, BusOptions
-from hidsd.core import logging as hidsd_logging
-from hidsd.core.errors import HidsError, ProtocolError
-from hidsd.ctl import configplane
-from hidsd.devstack import EtcdCluster, NatsServer, find_binary
 
 HERE = Path(__file__).resolve().parent
 WORKER_PY = HERE / "_config_fleet.py"

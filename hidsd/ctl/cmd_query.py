@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from hidsd.core.errors import HidsError
+from hidsd.base.errors import HidsError
 from hidsd.ctl.common import CtlSettings, Exit, _ask, _emit_json, _fail, _run, err, out
 
 query_app = typer.Typer(help="Fleet queries: which hosts run an affected version.",
@@ -110,7 +110,7 @@ def query_package(
     as_json: JsonOpt = False,
 ) -> None:
     """Which hosts run NAME in a version inside the --affected range."""
-    from hidsd.query.ranges import QueryError, parse_vers
+    from hidsd.wire.ranges import QueryError, parse_vers
 
     try:
         rng = parse_vers(affected, name)
@@ -130,7 +130,7 @@ def query_advisory(
     as_json: JsonOpt = False,
 ) -> None:
     """Which hosts run any package in an affected range of an OSV advisory."""
-    from hidsd.query.ranges import QueryError, parse_osv
+    from hidsd.wire.ranges import QueryError, parse_osv
 
     try:
         adv = parse_osv(file.read_bytes())

@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from hidsd.bus.protocol import (
+from hidsd.base.errors import HidsError, ProtocolError, StoreConflict
+from hidsd.bus.store import Store
+from hidsd.wire import dynconfig
+from hidsd.wire.protocol import (
     ConfigVersion,
     KeyLayout,
     Scope,
@@ -22,9 +25,6 @@ from hidsd.bus.protocol import (
     encode_config_pointer,
     encode_config_version,
 )
-from hidsd.bus.store import Store
-from hidsd.core import dynconfig
-from hidsd.core.errors import HidsError, ProtocolError, StoreConflict
 
 
 class NotFound(HidsError):

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hidsd.core.aio import wait_timeout
-from hidsd.core.errors import NotPublishable
-from hidsd.core.storage import FD_ERRNOS, StorageHealth
-from hidsd.plugins import frames
+from hidsd.base.aio import wait_timeout
+from hidsd.base.errors import NotPublishable
+from hidsd.base.storage import FD_ERRNOS, StorageHealth
+from hidsd.wire import frames
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
 #: always reported, zero or not

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from controller.cluster import owner
-from controller.presence import HeartbeatMeta, Liveness, Presence
-from hidsd.bus.protocol import Heartbeat, RunMode, Scope, encode_heartbeat
+from hidsd.controller.cluster import owner
+from hidsd.controller.presence import HeartbeatMeta, Liveness, Presence
+from hidsd.wire.protocol import Heartbeat, RunMode, Scope, encode_heartbeat
 
 
 def hb(host: str, seq: int, sent_at: float, bye: bool = False) -> Heartbeat:

@@ -11,9 +11,10 @@ import msgpack
 from nats.aio.msg import Msg
 from support import Stack, wait_for
 
-from controller.cluster import Cluster
-from controller.presence import HeartbeatMeta
-from hidsd.bus.protocol import (
+from hidsd.bus.transport import Bus, BusOptions
+from hidsd.controller.cluster import Cluster
+from hidsd.controller.presence import HeartbeatMeta
+from hidsd.wire.protocol import (
     Ack,
     AckStatus,
     Heartbeat,
@@ -22,7 +23,6 @@ from hidsd.bus.protocol import (
     encode_ack,
     encode_heartbeat,
 )
-from hidsd.bus.transport import Bus, BusOptions
 
 
 async def member(stack: Stack, subjects: Subjects, name: str, delay: float = 0.0) -> Any:

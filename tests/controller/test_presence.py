@@ -1,4 +1,4 @@
-"""controller.presence (online/offline from heartbeats and advisories) and the ack ledger."""
+"""hidsd.controller.presence (online/offline from heartbeats and advisories) and the ack ledger."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from controller.presence import AGENT_CLIENT_PREFIX, Liveness, Presence
-from controller.service import AckLedger, host_desired_revision
-from hidsd.bus.protocol import (
+from hidsd.controller.presence import AGENT_CLIENT_PREFIX, Liveness, Presence
+from hidsd.controller.service import AckLedger, host_desired_revision
+from hidsd.wire.protocol import (
     FLEET_TARGET,
     Ack,
     AckStatus,
