@@ -65,14 +65,10 @@ from hidsd.base import logging as hidsd_logging
 from hidsd.base.hostinfo import SelfUsage, host_facts
 from hidsd.bus.store import Store, WatchEvent
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.wire.protocol import (
-    Heartbeat,
-    KeyLayout,
-    RunMode,
-    Subjects,
-    encode_event,
-    encode_heartbeat,
-)
+from hidsd.wire.commands import RunMode
+from hidsd.wire.heartbeat import Heartbeat, encode_heartbeat
+from hidsd.wire.names import KeyLayout, Subjects
+from hidsd.wire.rpc import encode_event
 
 PR_SET_PDEATHSIG = 1
 #: The group every lite agent is in; each is also in one of `SHARDS` shard groups.

@@ -51,7 +51,8 @@ from hidsd.base import logging as hidsd_logging
 from hidsd.base.errors import HidsError
 from hidsd.bus.store import Store, WatchEvent
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.wire.protocol import MAX_COMMAND_BYTES, KeyLayout, Subjects
+from hidsd.wire.commands import MAX_COMMAND_BYTES
+from hidsd.wire.names import KeyLayout, Subjects
 from hidsd.wire.signing import TrustStore
 
 #: Groups every lite agent belongs to (so it subscribes to one group subject too).

@@ -37,7 +37,8 @@ from _fleet_query_data import Fleet, agent_heartbeat, inventory_headers, package
 
 from hidsd.base import logging as hidsd_logging
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.wire.protocol import Subjects, encode_heartbeat
+from hidsd.wire.heartbeat import encode_heartbeat
+from hidsd.wire.names import Subjects
 
 #: a worker's summary once its inventories are stored and its offline hosts said bye
 DONE_SUBJECT = "bench.fq.done"

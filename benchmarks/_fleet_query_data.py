@@ -42,7 +42,8 @@ from hidsd import __version__
 from hidsd.plugins.supervisor import RUNNER_COUNTERS
 from hidsd.plugins.telemetry import PIPELINE_COUNTERS
 from hidsd.wire import frames
-from hidsd.wire.protocol import Heartbeat, RunMode
+from hidsd.wire.commands import RunMode
+from hidsd.wire.heartbeat import Heartbeat
 from hidsd.wire.records import DataType
 
 Row = list[str]  # [eco, name, version, arch, source, source_version]

@@ -47,7 +47,7 @@ from hidsd.plugins.supervisor import PluginRunner, PluginSpec
 from hidsd.plugins.telemetry import Pipeline, Spool
 from hidsd.wire import frames
 from hidsd.wire.dynconfig import DEFAULTS
-from hidsd.wire.protocol import Subjects
+from hidsd.wire.names import Subjects
 
 PLUGIN = "loadgen"
 

@@ -63,14 +63,9 @@ from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.ctl import configplane
 from hidsd.dev.devstack import EtcdCluster, NatsServer, find_binary
-from hidsd.wire.protocol import (
-    FLEET_TARGET,
-    ConfigVersion,
-    KeyLayout,
-    Scope,
-    Subjects,
-    decode_heartbeat,
-)
+from hidsd.wire.configstore import ConfigVersion
+from hidsd.wire.heartbeat import decode_heartbeat
+from hidsd.wire.names import FLEET_TARGET, KeyLayout, Scope, Subjects
 
 HERE = Path(__file__).resolve().parent
 WORKER_PY = HERE / "_config_fleet.py"

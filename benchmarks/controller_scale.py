@@ -89,7 +89,8 @@ from hidsd.base.errors import HidsError
 from hidsd.base.proc import with_pdeathsig
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.dev.devstack import EtcdCluster, NatsServer, find_binary, stop_process
-from hidsd.wire.protocol import Subjects, decode_reply, encode_request
+from hidsd.wire.names import Subjects
+from hidsd.wire.rpc import decode_reply, encode_request
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -83,14 +83,9 @@ from hidsd.bus.store import Store
 from hidsd.ctl import configplane
 from hidsd.dev.devstack import EtcdCluster, NatsServer
 from hidsd.wire import frames
-from hidsd.wire.protocol import (
-    Heartbeat,
-    KeyLayout,
-    Subjects,
-    decode_event,
-    decode_heartbeat,
-    parse_scope,
-)
+from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat
+from hidsd.wire.names import KeyLayout, Subjects, parse_scope
+from hidsd.wire.rpc import decode_event
 from hidsd.wire.signing import OperatorKey, encode_public_key
 
 HERE = Path(__file__).resolve().parent

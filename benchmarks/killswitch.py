@@ -80,18 +80,9 @@ from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.ctl.killswitch import DEFAULT_TTL_S, IssueResult, issue_command, new_command_id
 from hidsd.dev.devstack import EtcdCluster, NatsServer, find_binary
-from hidsd.wire.protocol import (
-    FLEET_TARGET,
-    AckStatus,
-    Command,
-    CommandKind,
-    KeyLayout,
-    RunMode,
-    Scope,
-    Subjects,
-    decode_ack,
-    encode_reply,
-)
+from hidsd.wire.commands import AckStatus, Command, CommandKind, RunMode, decode_ack
+from hidsd.wire.names import FLEET_TARGET, KeyLayout, Scope, Subjects
+from hidsd.wire.rpc import encode_reply
 from hidsd.wire.signing import OperatorKey, encode_public_key
 
 HERE = Path(__file__).resolve().parent

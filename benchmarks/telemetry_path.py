@@ -62,7 +62,7 @@ from hidsd.base.proc import with_pdeathsig
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.dev.devstack import NatsServer, find_binary
 from hidsd.wire import frames
-from hidsd.wire.protocol import Subjects
+from hidsd.wire.names import Subjects
 
 HERE = Path(__file__).resolve().parent
 AGENT_PY = HERE / "_telemetry_agent.py"

@@ -26,15 +26,10 @@ from nats.aio.msg import Msg
 from hidsd.base.errors import ProtocolError
 from hidsd.base.proc import with_pdeathsig
 from hidsd.dev.devstack import EtcdCluster, NatsServer
-from hidsd.wire.protocol import (
-    Ack,
-    Heartbeat,
-    KeyLayout,
-    Subjects,
-    decode_ack,
-    decode_event,
-    decode_heartbeat,
-)
+from hidsd.wire.commands import Ack, decode_ack
+from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat
+from hidsd.wire.names import KeyLayout, Subjects
+from hidsd.wire.rpc import decode_event
 from hidsd.wire.signing import OperatorKey, encode_public_key
 
 PY = sys.executable

@@ -35,18 +35,10 @@ from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.plugins.supervisor import Supervisor
 from hidsd.plugins.telemetry import LatestPublisher
-from hidsd.wire.protocol import (
-    AckStatus,
-    Command,
-    CommandKind,
-    Heartbeat,
-    KeyLayout,
-    RunMode,
-    Subjects,
-    command_plugin,
-    encode_event,
-    encode_heartbeat,
-)
+from hidsd.wire.commands import AckStatus, Command, CommandKind, RunMode, command_plugin
+from hidsd.wire.heartbeat import Heartbeat, encode_heartbeat
+from hidsd.wire.names import KeyLayout, Subjects
+from hidsd.wire.rpc import encode_event
 from hidsd.wire.signing import TrustStore
 
 

@@ -15,7 +15,8 @@ from nats.aio.msg import Msg
 from hidsd.agent.control import ControlPolicy, ControlState, Decision, TimeRefusal
 from hidsd.base.errors import CommandRejected, ProtocolError
 from hidsd.bus.transport import Bus
-from hidsd.wire.protocol import PLUGIN_KINDS, Ack, AckStatus, Command, Subjects, encode_ack
+from hidsd.wire.commands import PLUGIN_KINDS, Ack, AckStatus, Command, encode_ack
+from hidsd.wire.names import Subjects
 
 StateListener = Callable[[ControlState, Decision], None]
 PluginHandler = Callable[[Command], Decision]

@@ -24,11 +24,8 @@ from hidsd.base.errors import ConfigError, ProtocolError
 from hidsd.base.storage import StorageHealth
 from hidsd.bus.store import WatchEvent
 from hidsd.wire import dynconfig
-from hidsd.wire.protocol import (
-    KeyLayout,
-    decode_config_pointer,
-    decode_config_version,
-)
+from hidsd.wire.configstore import decode_config_pointer, decode_config_version
+from hidsd.wire.names import KeyLayout
 
 LAST_GOOD_FILE = "config-last-good.json"
 

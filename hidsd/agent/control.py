@@ -30,18 +30,17 @@ from typing import Any
 import msgpack
 
 from hidsd.base.errors import CommandRejected, ProtocolError
-from hidsd.wire.protocol import (
+from hidsd.wire.commands import (
     CLOCK_TOLERANCE_S,
-    FLEET_TARGET,
     MAX_COMMAND_TTL_S,
     AckStatus,
-    ClockReport,
     Command,
     CommandKind,
     RunMode,
-    Scope,
     desired_mode,
 )
+from hidsd.wire.heartbeat import ClockReport
+from hidsd.wire.names import FLEET_TARGET, Scope
 from hidsd.wire.signing import RejectReason, TrustStore
 
 #: reasons that depend on the agent's clock

@@ -17,7 +17,8 @@ from hidsd.agent.control import ControlPolicy, Decision, DesiredRecord
 from hidsd.agent.follow import Follower, FollowStore
 from hidsd.base.errors import CommandRejected
 from hidsd.bus.store import WatchEvent
-from hidsd.wire.protocol import CommandKind, KeyLayout
+from hidsd.wire.commands import CommandKind
+from hidsd.wire.names import KeyLayout
 
 DecisionHandler = Callable[[Decision], Awaitable[None]]
 

@@ -19,14 +19,8 @@ from hidsd.agent.control import ControlPolicy, Decision
 from hidsd.agent.follow import Follower
 from hidsd.base.errors import CommandRejected, ProtocolError
 from hidsd.bus.store import KV, WatchEvent
-from hidsd.wire.protocol import (
-    PLUGIN_ACTIONS,
-    AckStatus,
-    Command,
-    CommandKind,
-    KeyLayout,
-    command_plugin,
-)
+from hidsd.wire.commands import PLUGIN_ACTIONS, AckStatus, Command, CommandKind, command_plugin
+from hidsd.wire.names import KeyLayout
 
 Overrides = dict[str, bool]  # plugin -> wanted running
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from hidsd.base.errors import ConfigError, HidsError
-from hidsd.wire.protocol import DEFAULT_KEY_PREFIX, DEFAULT_SUBJECT_PREFIX, MAX_COMMAND_BYTES
+from hidsd.wire.commands import MAX_COMMAND_BYTES
+from hidsd.wire.names import DEFAULT_KEY_PREFIX, DEFAULT_SUBJECT_PREFIX
 
 MACHINE_ID_PATHS = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
 
@@ -200,7 +201,7 @@ def load_agent_settings(
     machine_id_paths: tuple[Path, ...] = MACHINE_ID_PATHS,
 ) -> AgentSettings:
     """Read and validate the agent's bootstrap settings; ConfigError names the bad field."""
-    from hidsd.wire.protocol import check_name
+    from hidsd.wire.names import check_name
     from hidsd.wire.signing import TrustStore
 
     env = os.environ if env is None else env

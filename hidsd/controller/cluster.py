@@ -34,7 +34,9 @@ from nats.aio.msg import Msg
 
 from hidsd.bus.transport import Bus
 from hidsd.controller.presence import HeartbeatMeta
-from hidsd.wire.protocol import Heartbeat, Subjects, decode_reply, encode_request
+from hidsd.wire.heartbeat import Heartbeat
+from hidsd.wire.names import Subjects
+from hidsd.wire.rpc import decode_reply, encode_request
 
 #: a batch bigger than this is flushed at once (NATS max_payload is 1 MiB)
 FLUSH_BYTES = 512 << 10

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from hidsd.wire.protocol import FLEET_TARGET, Heartbeat, Scope, decode_heartbeat, storage_to_map
+from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat, storage_to_map
+from hidsd.wire.names import FLEET_TARGET, Scope
 
 AGENT_CLIENT_PREFIX = "hidsd:"
 #: an agent whose clock is off by more than this (against the controller's) is named in views

@@ -30,19 +30,11 @@ from hidsd.bus.transport import Bus, BusOptions
 from hidsd.controller.cluster import Cluster, owner
 from hidsd.controller.inventory import InventoryIndex
 from hidsd.controller.presence import CLOCK_SKEW_WARN_S, HeartbeatMeta, Liveness, Presence
-from hidsd.wire.protocol import (
-    CONTROLLER_QUEUE,
-    Ack,
-    KeyLayout,
-    Scope,
-    Subjects,
-    decode_ack,
-    decode_config_pointer,
-    decode_event,
-    decode_heartbeat,
-    decode_request,
-    encode_reply,
-)
+from hidsd.wire.commands import Ack, decode_ack
+from hidsd.wire.configstore import decode_config_pointer
+from hidsd.wire.heartbeat import decode_heartbeat
+from hidsd.wire.names import CONTROLLER_QUEUE, KeyLayout, Scope, Subjects
+from hidsd.wire.rpc import decode_event, decode_request, encode_reply
 
 #: How many commands' acks the ledger keeps (oldest evicted first, and counted).
 LEDGER_SIZE = 1024

@@ -25,7 +25,8 @@ from hidsd.ctl.common import (
     out,
 )
 from hidsd.wire import dynconfig
-from hidsd.wire.protocol import ConfigVersion, Scope, parse_scope
+from hidsd.wire.configstore import ConfigVersion
+from hidsd.wire.names import Scope, parse_scope
 
 config_app = typer.Typer(help="Versioned agent config: set, history, diff, rollback.",
                          no_args_is_help=True)  # fmt: skip

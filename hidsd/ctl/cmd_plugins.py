@@ -104,7 +104,7 @@ def _plugin_command(
     wait: float, as_json: bool,
 ) -> None:  # fmt: skip
     from hidsd.ctl.issuing import control
-    from hidsd.wire.protocol import CommandKind
+    from hidsd.wire.commands import CommandKind
     from hidsd.wire.records import BUILTIN
 
     if name not in BUILTIN:

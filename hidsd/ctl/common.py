@@ -30,7 +30,8 @@ from hidsd.base.errors import (
     StorePermissionDenied,
     StoreUnavailable,
 )
-from hidsd.wire.protocol import KeyLayout, Subjects, decode_reply, encode_request
+from hidsd.wire.names import KeyLayout, Subjects
+from hidsd.wire.rpc import decode_reply, encode_request
 
 T = TypeVar("T")
 

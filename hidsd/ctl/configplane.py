@@ -16,15 +16,14 @@ from typing import Any
 from hidsd.base.errors import HidsError, ProtocolError, StoreConflict
 from hidsd.bus.store import Store
 from hidsd.wire import dynconfig
-from hidsd.wire.protocol import (
+from hidsd.wire.configstore import (
     ConfigVersion,
-    KeyLayout,
-    Scope,
     decode_config_pointer,
     decode_config_version,
     encode_config_pointer,
     encode_config_version,
 )
+from hidsd.wire.names import KeyLayout, Scope
 
 
 class NotFound(HidsError):

@@ -30,7 +30,8 @@ from hidsd.ctl.common import (
     open_store,
     out,
 )
-from hidsd.wire.protocol import FLEET_TARGET, PLUGIN_ACTIONS, Ack, CommandKind, Scope, check_name
+from hidsd.wire.commands import PLUGIN_ACTIONS, Ack, CommandKind
+from hidsd.wire.names import FLEET_TARGET, Scope, check_name
 from hidsd.wire.signing import OperatorKey
 
 

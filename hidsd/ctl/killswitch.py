@@ -25,19 +25,9 @@ from hidsd.base.aio import wait_timeout
 from hidsd.base.errors import NoResponse, NotRecorded, ProtocolError, StoreUnavailable
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus
-from hidsd.wire.protocol import (
-    CLOCK_TOLERANCE_S,
-    Ack,
-    AckStatus,
-    Command,
-    CommandKind,
-    KeyLayout,
-    Scope,
-    Subjects,
-    decode_ack,
-    decode_reply,
-    encode_request,
-)
+from hidsd.wire.commands import CLOCK_TOLERANCE_S, Ack, AckStatus, Command, CommandKind, decode_ack
+from hidsd.wire.names import KeyLayout, Scope, Subjects
+from hidsd.wire.rpc import decode_reply, encode_request
 from hidsd.wire.signing import OperatorKey, RejectReason
 
 DEFAULT_TTL_S = 300.0

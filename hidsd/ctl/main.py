@@ -28,9 +28,7 @@ from hidsd.ctl.common import (
     out,
 )
 from hidsd.ctl.issuing import control
-from hidsd.wire.protocol import (
-    CommandKind,
-)
+from hidsd.wire.commands import CommandKind
 from hidsd.wire.signing import OperatorKey, encode_public_key
 
 app = typer.Typer(

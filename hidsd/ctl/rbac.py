@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from hidsd.bus.store import Grant
-from hidsd.wire.protocol import KeyLayout
+from hidsd.wire.names import KeyLayout
 
 ROLES = ("operator", "viewer", "agent")
 

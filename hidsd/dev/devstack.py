@@ -304,7 +304,7 @@ async def bootstrap_auth(endpoints: list[str], root_password: str, key_prefix: s
     """What `hidsctl auth bootstrap` does: hidsd's roles, a root user, auth on."""
     from hidsd.bus.store import Store
     from hidsd.ctl import rbac
-    from hidsd.wire.protocol import KeyLayout
+    from hidsd.wire.names import KeyLayout
 
     async with Store(endpoints) as store:
         for name, grants in rbac.standard_roles(KeyLayout(key_prefix)).items():

@@ -17,7 +17,7 @@ import nacl.exceptions
 import nacl.signing
 
 from hidsd.base.errors import CommandRejected, OperatorKeyError, ProtocolError
-from hidsd.wire.protocol import (
+from hidsd.wire.commands import (
     Command,
     Envelope,
     Unsigned,

@@ -17,18 +17,17 @@ from hidsd.agent.control import (
     TimeRefusal,
 )
 from hidsd.base.errors import CommandRejected, ProtocolError
-from hidsd.wire.protocol import (
+from hidsd.wire.commands import (
     CLOCK_TOLERANCE_S,
-    FLEET_TARGET,
     MAX_COMMAND_BYTES,
     MAX_COMMAND_TTL_S,
     AckStatus,
     Command,
     CommandKind,
     RunMode,
-    Scope,
     encode_command_body,
 )
+from hidsd.wire.names import FLEET_TARGET, Scope
 from hidsd.wire.signing import OperatorKey, RejectReason, TrustStore, encode_public_key
 
 NOW = 1_000_000.0

@@ -9,14 +9,8 @@ import time
 import msgpack
 from support import Observer, Stack, wait_for
 
-from hidsd.wire.protocol import (
-    Command,
-    CommandKind,
-    Envelope,
-    Scope,
-    encode_command_body,
-    encode_envelope,
-)
+from hidsd.wire.commands import Command, CommandKind, Envelope, encode_command_body, encode_envelope
+from hidsd.wire.names import Scope
 from hidsd.wire.signing import OperatorKey
 
 HOST = "forge-1"

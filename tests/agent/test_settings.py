@@ -15,7 +15,8 @@ from hidsd.agent.settings import (
     read_machine_id,
 )
 from hidsd.base.errors import ConfigError
-from hidsd.wire.protocol import DEFAULT_KEY_PREFIX, DEFAULT_SUBJECT_PREFIX, MAX_COMMAND_BYTES
+from hidsd.wire.commands import MAX_COMMAND_BYTES
+from hidsd.wire.names import DEFAULT_KEY_PREFIX, DEFAULT_SUBJECT_PREFIX
 from hidsd.wire.signing import OperatorKey, encode_public_key
 
 PUB = encode_public_key(OperatorKey.generate().public_key)

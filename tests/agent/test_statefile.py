@@ -21,7 +21,7 @@ from hidsd.agent.statefile import (
     encode_slot,
 )
 from hidsd.base.storage import FdReserve, StorageHealth, StorageStatus
-from hidsd.wire.protocol import RunMode
+from hidsd.wire.commands import RunMode
 
 STOPPED = ControlState(mode=RunMode.STOPPED, applied_rev=42, applied_cmd="c-42")
 RUNNING = ControlState(mode=RunMode.RUNNING, applied_rev=43, applied_cmd="c-43")

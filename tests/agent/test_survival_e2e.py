@@ -22,7 +22,7 @@ import pytest
 from support import Observer, Proc, Stack, can_mount, fill, remount, tmpfs, wait_for
 
 from hidsd.agent.statefile import StateFile
-from hidsd.wire.protocol import storage_to_map
+from hidsd.wire.heartbeat import storage_to_map
 
 needs_mount = pytest.mark.skipif(bool(can_mount()), reason=can_mount() or "-")
 LOADGEN = "[plugins.loadgen]\nenabled = true\nparams = { rate = 200, size = 200 }\n"

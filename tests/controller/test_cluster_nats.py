@@ -14,15 +14,9 @@ from support import Stack, wait_for
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.controller.cluster import Cluster
 from hidsd.controller.presence import HeartbeatMeta
-from hidsd.wire.protocol import (
-    Ack,
-    AckStatus,
-    Heartbeat,
-    RunMode,
-    Subjects,
-    encode_ack,
-    encode_heartbeat,
-)
+from hidsd.wire.commands import Ack, AckStatus, RunMode, encode_ack
+from hidsd.wire.heartbeat import Heartbeat, encode_heartbeat
+from hidsd.wire.names import Subjects
 
 
 async def member(stack: Stack, subjects: Subjects, name: str, delay: float = 0.0) -> Any:

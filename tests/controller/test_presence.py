@@ -8,15 +8,9 @@ import pytest
 
 from hidsd.controller.presence import AGENT_CLIENT_PREFIX, Liveness, Presence
 from hidsd.controller.service import AckLedger, host_desired_revision
-from hidsd.wire.protocol import (
-    FLEET_TARGET,
-    Ack,
-    AckStatus,
-    Heartbeat,
-    KeyLayout,
-    RunMode,
-    Scope,
-)
+from hidsd.wire.commands import Ack, AckStatus, RunMode
+from hidsd.wire.heartbeat import Heartbeat
+from hidsd.wire.names import FLEET_TARGET, KeyLayout, Scope
 
 T0 = 1_000.0
 S1, S2 = "NSERVER1", "NSERVER2"

@@ -13,7 +13,7 @@ from hidsd.base.errors import StoreAuthError, StoreConflict, StorePermissionDeni
 from hidsd.bus.store import Store
 from hidsd.ctl import configplane
 from hidsd.dev.devstack import find_binary
-from hidsd.wire.protocol import Scope
+from hidsd.wire.names import Scope
 
 
 def _write(tmp: Path, name: str, text: str) -> Path:

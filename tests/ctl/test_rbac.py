@@ -6,7 +6,7 @@ import pytest
 
 from hidsd.bus.store import PERMS, Grant
 from hidsd.ctl import rbac
-from hidsd.wire.protocol import KeyLayout, Scope
+from hidsd.wire.names import KeyLayout, Scope
 
 READS = ("read", "readwrite")
 WRITES = ("write", "readwrite")

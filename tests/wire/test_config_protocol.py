@@ -1,4 +1,4 @@
-"""Config-plane parts of hidsd.wire.protocol (keys, scopes, versions, pointers, events,
+"""Config-plane parts of hidsd.wire (names, configstore, rpc: (keys, scopes, versions, pointers, events,
 heartbeat `config`) and the pure `diff` of hidsd.ctl.configplane. No servers."""
 
 from __future__ import annotations
@@ -12,23 +12,17 @@ import pytest
 
 from hidsd.base.errors import ProtocolError
 from hidsd.ctl.configplane import diff
-from hidsd.wire.protocol import (
-    FLEET_TARGET,
+from hidsd.wire.commands import RunMode
+from hidsd.wire.configstore import (
     ConfigVersion,
-    Heartbeat,
-    KeyLayout,
-    RunMode,
-    Scope,
     decode_config_pointer,
     decode_config_version,
-    decode_event,
-    decode_heartbeat,
     encode_config_pointer,
     encode_config_version,
-    encode_event,
-    encode_heartbeat,
-    parse_scope,
 )
+from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat, encode_heartbeat
+from hidsd.wire.names import FLEET_TARGET, KeyLayout, Scope, parse_scope
+from hidsd.wire.rpc import decode_event, encode_event
 
 
 def pack(obj: Any) -> bytes:

@@ -1,4 +1,4 @@
-"""hidsd.wire.protocol: names, key layout, and encode/decode on untrusted bytes (no servers)."""
+"""hidsd.wire (names, commands, heartbeat, rpc): names, key layout, and encode/decode on untrusted bytes (no servers)."""
 
 from __future__ import annotations
 
@@ -11,37 +11,26 @@ import pytest
 
 from hidsd.base.errors import ProtocolError
 from hidsd.base.storage import StorageReport, StorageStatus
-from hidsd.wire.protocol import (
-    FLEET_TARGET,
+from hidsd.wire.commands import (
     MAX_COMMAND_BYTES,
-    PROTOCOL_VERSION,
     Ack,
     AckStatus,
-    ClockReport,
     Command,
     CommandKind,
     Envelope,
-    Heartbeat,
-    KeyLayout,
     RunMode,
-    Scope,
-    Subjects,
     Unsigned,
-    check_name,
     decode_ack,
     decode_command_body,
     decode_envelope,
-    decode_heartbeat,
-    decode_reply,
-    decode_request,
     desired_mode,
     encode_ack,
     encode_command_body,
     encode_envelope,
-    encode_heartbeat,
-    encode_reply,
-    encode_request,
 )
+from hidsd.wire.heartbeat import ClockReport, Heartbeat, decode_heartbeat, encode_heartbeat
+from hidsd.wire.names import FLEET_TARGET, PROTOCOL_VERSION, KeyLayout, Scope, Subjects, check_name
+from hidsd.wire.rpc import decode_reply, decode_request, encode_reply, encode_request
 
 BAD_NAMES = ["a.b", "a b", "*", ">", "a*", "a>", "", "x" * 129, "-lead", "_lead", "ü"]
 
@@ -788,19 +777,20 @@ def test_large_replies_are_compressed_and_bounded() -> None:
     """A fleet-wide answer lists every host: compressed above 64 kB, checked on the way in."""
     import zlib
 
-    from hidsd.wire.protocol import REPLY_COMPRESS_BYTES, _pack, decode_reply, encode_reply
+    from hidsd.wire.codec import pack
+    from hidsd.wire.rpc import REPLY_COMPRESS_BYTES, decode_reply, encode_reply
 
     big = {"hosts": [{"host": f"host-{i:05d}", "liveness": "online"} for i in range(20000)]}
     data = encode_reply(big)
-    assert len(data) < REPLY_COMPRESS_BYTES * 4 < len(_pack(big))
+    assert len(data) < REPLY_COMPRESS_BYTES * 4 < len(pack(big))
     assert decode_reply(data) == big
     small = encode_reply({"a": 1})
     assert decode_reply(small) == {"a": 1} and b"result" in small
     with pytest.raises(ProtocolError, match="bad compressed body"):
-        decode_reply(_pack({"ok": True, "z": b"not zlib"}))
+        decode_reply(pack({"ok": True, "z": b"not zlib"}))
     bomb = zlib.compress(b"\x00" * (300 << 20))
     with pytest.raises(ProtocolError, match="expands beyond"):
-        decode_reply(_pack({"ok": True, "z": bomb}))
+        decode_reply(pack({"ok": True, "z": bomb}))
 
 
 # --------------------------------------------------------------------------- storage, clock

@@ -12,16 +12,16 @@ import msgpack
 import pytest
 
 from hidsd.base.errors import CommandRejected, OperatorKeyError
-from hidsd.wire.protocol import (
+from hidsd.wire.commands import (
     MAX_COMMAND_BYTES,
     Command,
     CommandKind,
     Envelope,
-    Scope,
     decode_envelope,
     encode_command_body,
     encode_envelope,
 )
+from hidsd.wire.names import Scope
 from hidsd.wire.signing import (
     OperatorKey,
     RejectReason,
