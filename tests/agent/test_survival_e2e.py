@@ -133,7 +133,7 @@ async def test_nats_outage_with_a_full_spool_disk_counts_drops(private_stack: St
                        30, "records flowing")  # fmt: skip
         filler = fill(fs)
         s.nats.stop()  # the outage: batches go to the spool, which cannot take them
-        await asyncio.sleep(4.0)
+        await asyncio.sleep(2.5)
         assert agent.popen.poll() is None, agent.output()[-3000:]
         s.nats.start()
         await wait_for(lambda: plugin(obs, "spool-1", "loadgen").get("tel.dropped_spool_full", 0)
