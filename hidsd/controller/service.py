@@ -28,13 +28,14 @@ from hidsd.base.errors import HidsError, ProtocolError
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.controller.cluster import Cluster, owner
+from hidsd.controller.endpoints import Endpoints
 from hidsd.controller.inventory import InventoryIndex
 from hidsd.controller.presence import CLOCK_SKEW_WARN_S, HeartbeatMeta, Liveness, Presence
 from hidsd.wire.commands import Ack, decode_ack
 from hidsd.wire.configstore import decode_config_pointer
 from hidsd.wire.heartbeat import decode_heartbeat
 from hidsd.wire.names import CONTROLLER_QUEUE, KeyLayout, Scope, Subjects
-from hidsd.wire.rpc import decode_event, decode_request, encode_reply
+from hidsd.wire.rpc import decode_event
 
 #: How many commands' acks the ledger keeps (oldest evicted first, and counted).
 LEDGER_SIZE = 1024
@@ -117,9 +118,6 @@ def host_desired_revision(
     return max((revisions.get(k, 0) for k in keys.applicable(host, groups)), default=0)
 
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-
-
 class Controller:
     def __init__(self, settings: ControllerSettings) -> None:
         self.settings = settings
@@ -153,21 +151,27 @@ class Controller:
             settings.name, self.subjects, self.bus, self._on_forwarded_heartbeat,
             self._on_forwarded_ack, flush_s=settings.sync_flush_s,
         )  # fmt: skip
-        self.peer_handlers: dict[str, Handler] = {"query": self._query_share,
-                                                  "stats": self._stats_share}  # fmt: skip
-        self.handlers: dict[str, Handler] = {
-            "agents.list": self.h_agents_list,
-            "agents.show": self.h_agents_show,
-            "fleet.status": self.h_fleet_status,
-            "expected": self.h_expected,
-            "acks": self.h_acks,
-            "ping": self.h_ping,
-            "config.status": self.h_config_status,
-            "telemetry.stats": self.h_telemetry_stats,
-            "query": self.h_query,
-            "controllers": self.h_controllers,
-            "inventory.stats": self.h_inventory_stats,
-        }
+        max_payload = lambda: self.bus.client.max_payload if self.bus.connected else None  # noqa: E731
+        self.peer_endpoints = Endpoints("peer", self.bus.publish, max_payload, self.log)
+        self.peer_endpoints.add("query", self._query_share)
+        self.peer_endpoints.add("stats", self._stats_share)
+        #: the verbs hidsctl asks (`<prefix>.ctl.<verb>`), one endpoint each
+        self.endpoints = Endpoints("controller", self.bus.publish, max_payload, self.log)
+        for verb, handler in (
+            ("agents.list", self.h_agents_list),
+            ("agents.show", self.h_agents_show),
+            ("fleet.status", self.h_fleet_status),
+            ("expected", self.h_expected),
+            ("acks", self.h_acks),
+            ("ping", self.h_ping),
+            ("config.status", self.h_config_status),
+            ("telemetry.stats", self.h_telemetry_stats),
+            ("query", self.h_query),
+            ("controllers", self.h_controllers),
+            ("inventory.stats", self.h_inventory_stats),
+            ("endpoints", self.h_endpoints),
+        ):
+            self.endpoints.add(verb, handler)
 
     # ------------------------------------------------------------------ inputs
 
@@ -263,35 +267,11 @@ class Controller:
     # ------------------------------------------------------------------ requests
 
     async def on_request(self, msg: Msg) -> None:
-        verb = msg.subject.rsplit(".ctl.", 1)[-1]
-        handler = self.handlers.get(verb)
+        await self.endpoints.serve(msg, msg.subject.rsplit(".ctl.", 1)[-1])
 
-        async def answer() -> Any:
-            if handler is None:
-                raise ProtocolError(f"unknown request {verb!r}")
-            return await handler(decode_request(msg.data))
-
-        await self._answer(msg, verb, answer)
-
-    async def _answer(self, msg: Msg, verb: str, answer: Callable[[], Awaitable[Any]]) -> None:
-        """Always reply: an error the operator can read beats a timeout they cannot."""
-        try:
-            reply = encode_reply(await answer())
-        except HidsError as exc:
-            reply = encode_reply(error=exc.message)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug: say so, and keep serving
-            self.counters["request_errors"] += 1
-            self.log.exception("request_failed", verb=verb)
-            reply = encode_reply(error=f"internal error in {verb}: {type(exc).__name__}: {exc}")
-        limit = self.bus.client.max_payload if self.bus.connected else len(reply)
-        if len(reply) > limit:
-            self.counters["replies_too_large"] += 1
-            reply = encode_reply(error=f"{verb}: the answer is {len(reply)} bytes, over NATS's "
-                                       f"max_payload ({limit}); narrow the request")  # fmt: skip
-        if msg.reply:
-            await self.bus.publish(msg.reply, reply)
+    async def h_endpoints(self, params: dict[str, Any]) -> Any:
+        """Each verb's counters (requests, errors, internal errors, over-size, average ms)."""
+        return {"controller": self.endpoints.stats(), "peer": self.peer_endpoints.stats()}
 
     async def _desired_revisions(self) -> dict[str, int] | None:
         try:
@@ -641,15 +621,7 @@ class Controller:
 
     async def on_peer_request(self, msg: Msg) -> None:
         """A coordinator's request for this controller's share of split work."""
-        verb = msg.subject.rsplit(".", 1)[-1]
-        handler = self.peer_handlers.get(verb)
-
-        async def answer() -> Any:
-            if handler is None:
-                raise ProtocolError(f"unknown peer request {verb!r}")
-            return await handler(decode_request(msg.data))
-
-        await self._answer(msg, f"peer {verb}", answer)
+        await self.peer_endpoints.serve(msg, msg.subject.rsplit(".", 1)[-1])
 
     async def _query_share(self, params: dict[str, Any]) -> Any:
         """Evaluate the hosts of one share (those `shard` owns among `members`)."""

@@ -178,3 +178,31 @@ def controllers_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                   str(n.get("acks", 0)), str(fwd), str(c["agents"]),
                   str(c["inventory_hosts"]))  # fmt: skip
     out.print(t)
+
+
+@controllers_app.command("endpoints")
+def controllers_endpoints(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """One controller's request verbs with their counters (the one that answers)."""
+    res = _run(lambda: _ask(ctx.obj, "endpoints", {}))
+    if as_json:
+        _emit_json(res)
+        return
+    t = Table(title="controller endpoints")
+    for col in (
+        "kind",
+        "verb",
+        "requests",
+        "errors",
+        "internal",
+        "too large",
+        "avg ms",
+        "last error",
+    ):
+        t.add_column(col, no_wrap=col in ("kind", "verb"))
+    for kind in ("controller", "peer"):
+        for verb, st in res[kind]["endpoints"].items():
+            internal = f"[red]{st['internal_errors']}[/]" if st["internal_errors"] else "0"
+            avg = f"{st['average_ms']:.2f}"
+            t.add_row(kind, verb, str(st["requests"]), str(st["errors"]), internal,
+                      str(st["too_large"]), avg, st["last_error"])  # fmt: skip
+    out.print(t)

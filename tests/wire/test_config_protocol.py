@@ -1,5 +1,5 @@
-"""Config-plane parts of hidsd.wire (names, configstore, rpc: (keys, scopes, versions, pointers, events,
-heartbeat `config`) and the pure `diff` of hidsd.ctl.configplane. No servers."""
+"""Config-plane parts of hidsd.wire (keys, scopes, versions, pointers, events, heartbeat
+`config`) and the pure `diff` of hidsd.ctl.configplane. No servers."""
 
 from __future__ import annotations
 

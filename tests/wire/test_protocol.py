@@ -1,4 +1,5 @@
-"""hidsd.wire (names, commands, heartbeat, rpc): names, key layout, and encode/decode on untrusted bytes (no servers)."""
+"""hidsd.wire (names, commands, heartbeat, rpc): names, key layout, and encode/decode on
+untrusted bytes (no servers)."""
 
 from __future__ import annotations
 
