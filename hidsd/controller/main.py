@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -30,6 +31,16 @@ def load_settings(args: argparse.Namespace) -> ControllerSettings:
             raise ConfigError(f"cannot read controller settings {args.config}: {exc}",
                               field="config") from exc  # fmt: skip
     env = os.environ
+    known = {"nats_servers", "sys_nats_servers", "etcd_endpoints", "etcd_user", "etcd_password",
+             "offline_timeout_factor", "stream_max_bytes", "inventory_max_bytes",
+             "subject_prefix", "key_prefix", "name", "test_share_delay_s"}  # fmt: skip
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"controller settings {args.config}: unknown key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}",
+            field=unknown[0],
+        )
 
     def pick(flag: str | None, var: str, key: str, default: Any) -> Any:
         if flag:
@@ -71,15 +82,29 @@ def load_settings(args: argparse.Namespace) -> ControllerSettings:
         servers=as_tuple(servers),
         sys_servers=as_tuple(sys_servers),
         etcd_endpoints=as_tuple(etcd),
-        etcd_user=raw.get("etcd_user") or env.get("HIDSD_CONTROLLER_ETCD_USER"),
-        etcd_password=raw.get("etcd_password") or env.get("HIDSD_CONTROLLER_ETCD_PASSWORD"),
+        etcd_user=pick(None, "HIDSD_CONTROLLER_ETCD_USER", "etcd_user", None),
+        etcd_password=pick(None, "HIDSD_CONTROLLER_ETCD_PASSWORD", "etcd_password", None),
         timeout_factor=float(factor),
         subject_prefix=pick(
             args.subject_prefix, "HIDSD_CONTROLLER_SUBJECT_PREFIX", "subject_prefix", "hidsd"
         ),
         key_prefix=pick(args.key_prefix, "HIDSD_CONTROLLER_KEY_PREFIX", "key_prefix", "/hidsd/"),
         name=pick(args.name, "HIDSD_CONTROLLER_NAME", "name", socket.gethostname()),
+        test_share_delay_s=_seconds(
+            pick(None, "HIDSD_CONTROLLER_TEST_SHARE_DELAY_S", "test_share_delay_s", 0.0),
+            "test_share_delay_s",
+        ),
     )
+
+
+def _seconds(v: Any, key: str) -> float:
+    try:
+        n = float(v)
+    except (TypeError, ValueError):
+        n = -1.0
+    if not math.isfinite(n) or n < 0:
+        raise ConfigError(f"{key}: expected a number of seconds >= 0, got {v!r}", field=key)
+    return n
 
 
 async def serve(settings: ControllerSettings) -> int:

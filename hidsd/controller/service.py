@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -69,6 +68,8 @@ class ControllerSettings:
     inventory_max_bytes: int = 2 << 30
     #: how often a controller forwards what it received to its peers
     sync_flush_s: float = 0.25
+    #: fault injection for tests: hold each query share this long (0 = off)
+    test_share_delay_s: float = 0.0
 
 
 class AckLedger:
@@ -633,9 +634,8 @@ class Controller:
             shard = str(params["shard"])
         except (KeyError, TypeError, ValueError, QueryError) as exc:
             raise ProtocolError(f"query share: {exc}") from exc
-        delay = float(os.environ.get("HIDSD_CONTROLLER_TEST_SHARE_DELAY_S", "0") or 0)
-        if delay:  # fault injection for tests: keep a share in flight
-            await asyncio.sleep(delay)
+        if self.settings.test_share_delay_s:  # fault injection for tests: a share in flight
+            await asyncio.sleep(self.settings.test_share_delay_s)
         mine = [h for h in self.index.hosts() if owner(h, members) == shard]
         uncomparable: dict[str, list[tuple[str, str]]] = {}
         matches, counters = self.index.evaluate(ranges, mine, uncomparable)
