@@ -34,7 +34,7 @@ def test_env_beats_the_file_for_etcd_credentials(
 def test_unknown_key_is_refused(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text('nats_server = "nats://x:4222"\n')  # a typo of nats_servers
-    with pytest.raises(ConfigError, match="unknown key.*nats_server"):
+    with pytest.raises(ConfigError, match=r"unknown key.*nats_server"):
         load_settings(args(f))
 
 
