@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ import structlog
 from hidsd.agent.breaker import Breaker, BreakerConfig, BreakerState, PluginLoad, Sample, Transition
 from hidsd.agent.pressure import read_host_pressure
 from hidsd.base.errors import HidsError
+from hidsd.base.files import write_atomic
 from hidsd.base.storage import StorageHealth
 from hidsd.plugins.cgroups import (
     Accounting,
@@ -249,14 +249,9 @@ class BreakerService:
     def _save_denylist(self) -> bool:
         """Atomic replace; a failure is reported and retried by `retry_save`."""
         data = {"denylist": {k: [u, r] for k, (u, r) in self.breaker.denylist.items()}}
-        tmp = self.path.with_suffix(".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(data).encode())
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             if not self._unsaved:
                 self.log.error("breaker_denylist_not_saved", path=str(self.path), error=str(exc))
             self._unsaved = True

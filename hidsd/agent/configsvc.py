@@ -10,9 +10,7 @@ its last good config from disk first, so it runs with it while etcd is unreachab
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import structlog
 
 from hidsd.agent.follow import Follower, FollowStore
 from hidsd.base.errors import ConfigError, ProtocolError
+from hidsd.base.files import write_atomic
 from hidsd.base.storage import StorageHealth
 from hidsd.bus.store import WatchEvent
 from hidsd.wire import dynconfig
@@ -117,14 +116,10 @@ class ConfigService:
 
     def _save_last_good(self, texts: list[tuple[str, str]]) -> bool:
         """Atomic replace; a failure is reported and kept for `retry_last_good`."""
-        tmp = self.path.with_suffix(".tmp")
+        data = json.dumps({"versions": self.versions, "layers": texts}).encode()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"versions": self.versions, "layers": texts}))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, data)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             if self._unsaved is None:
                 self.log.error("last_good_config_not_saved", path=str(self.path), error=str(exc))
             self._unsaved = texts
