@@ -227,7 +227,6 @@ class Agent:
             watch=settings.watch,
         )
         self.heartbeat_s = settings.heartbeat_s
-        self.dynamic: dict[str, Any] = {}
         from hidsd.wire.records import DataType
 
         self.latest = LatestPublisher(settings.host_id, self._publish_telemetry)
@@ -249,20 +248,21 @@ class Agent:
         self.exit_code = 0
         self._events_seq = 0
         self._events_epoch = time.time_ns()
+        # built early: services poke it (it reads the agent only when a heartbeat is built)
+        self.heartbeat = HeartbeatService(self)
         self.config = ConfigService(
             self.store, self.keys, settings.host_id, settings.groups, settings.data_dir,
             base={"log_level": settings.log_level, "heartbeat_s": settings.heartbeat_s,
                   "resync_s": settings.resync_s},
             on_apply=self._apply_config, on_reject=self._publish_event,
             period_s=lambda: self.convergence.resync_s, watch=settings.watch,
-            on_status=lambda: self.heartbeat.poke() if hasattr(self, "heartbeat") else None,
+            on_status=self.heartbeat.poke,
         )  # fmt: skip
         self.plugin_state = PluginControlService(
             self.store, self.keys, self.plugin_control, self.supervisor.set_overrides,
             self._on_plugin_store_decision, lambda: self.convergence.resync_s,
             watch=settings.watch,
         )  # fmt: skip
-        self.heartbeat = HeartbeatService(self)
         self._unsent_ack: Decision | None = None
         self.config.health = self.health
         self.breaker.health = self.health
@@ -348,13 +348,11 @@ class Agent:
         set_level(level)
         self.heartbeat_s = float(effective["heartbeat_s"])
         self.convergence.resync_s = float(effective["resync_s"])
-        self.dynamic = effective
         self.supervisor.configure(effective.get("plugins", {}), effective["telemetry"])
         self.breaker.configure(effective["breaker"])
         self.log.info("config_hot_reloaded", log_level=level, heartbeat_s=self.heartbeat_s,
                       resync_s=self.convergence.resync_s)  # fmt: skip
-        if hasattr(self, "heartbeat"):
-            self.heartbeat.poke()
+        self.heartbeat.poke()
 
     async def _publish_telemetry(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
         if not self.bus.connected:
