@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m hidsd.demo
+	$(PY) -m hidsd.dev.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -27,8 +27,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/killswitch.py --agents 1000
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hidsd controller tests benchmarks
+	$(VENV)/bin/ruff check hidsd tests benchmarks
+	$(VENV)/bin/ruff format --check hidsd tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

@@ -60,19 +60,15 @@ from _fleet import (
 from nats.aio.msg import Msg
 
 from hidsd import __version__
-from hidsd.bus.protocol import (
-    Heartbeat,
-    KeyLayout,
-    RunMode,
-    Subjects,
-    encode_event,
-    encode_heartbeat,
-)
+from hidsd.agent.configsvc import ConfigService
+from hidsd.base import logging as hidsd_logging
+from hidsd.base.hostinfo import SelfUsage, host_facts
 from hidsd.bus.store import Store, WatchEvent
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.core import logging as hidsd_logging
-from hidsd.core.configsvc import ConfigService
-from hidsd.core.hostinfo import SelfUsage, host_facts
+from hidsd.wire.commands import RunMode
+from hidsd.wire.heartbeat import Heartbeat, encode_heartbeat
+from hidsd.wire.names import KeyLayout, Subjects
+from hidsd.wire.rpc import encode_event
 
 PR_SET_PDEATHSIG = 1
 #: The group every lite agent is in; each is also in one of `SHARDS` shard groups.

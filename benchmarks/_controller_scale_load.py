@@ -38,7 +38,9 @@ import uvloop
 from _fleet_query_data import agent_heartbeat
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import Ack, AckStatus, Subjects, encode_ack, encode_heartbeat
+from hidsd.wire.commands import Ack, AckStatus, encode_ack
+from hidsd.wire.heartbeat import encode_heartbeat
+from hidsd.wire.names import Subjects
 
 READY_SUBJECT = "bench.cs.ready"
 GO_SUBJECT = "bench.cs.go"

@@ -43,16 +43,17 @@ import nats.errors
 import uvloop
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import MAX_COMMAND_BYTES, KeyLayout, Subjects
-from hidsd.bus.signing import TrustStore
+from hidsd.agent.app import StateFile
+from hidsd.agent.commands import CommandService
+from hidsd.agent.control import ControlPolicy, ControlState, Decision
+from hidsd.agent.convergence import ConvergenceService
+from hidsd.base import logging as hidsd_logging
+from hidsd.base.errors import HidsError
 from hidsd.bus.store import Store, WatchEvent
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.core import logging as hidsd_logging
-from hidsd.core.agent import StateFile
-from hidsd.core.commands import CommandService
-from hidsd.core.control import ControlPolicy, ControlState, Decision
-from hidsd.core.convergence import ConvergenceService
-from hidsd.core.errors import HidsError
+from hidsd.wire.commands import MAX_COMMAND_BYTES
+from hidsd.wire.names import KeyLayout, Subjects
+from hidsd.wire.signing import TrustStore
 
 #: Groups every lite agent belongs to (so it subscribes to one group subject too).
 GROUPS: tuple[str, ...] = ("bench",)

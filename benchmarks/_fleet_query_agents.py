@@ -35,9 +35,10 @@ import msgpack
 import uvloop
 from _fleet_query_data import Fleet, agent_heartbeat, inventory_headers, packages_state_frame
 
-from hidsd.bus.protocol import Subjects, encode_heartbeat
+from hidsd.base import logging as hidsd_logging
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.core import logging as hidsd_logging
+from hidsd.wire.heartbeat import encode_heartbeat
+from hidsd.wire.names import Subjects
 
 #: a worker's summary once its inventories are stored and its offline hosts said bye
 DONE_SUBJECT = "bench.fq.done"

@@ -20,7 +20,7 @@ a seed, without storing any data:
 * a heartbeat shaped like a real agent's (`HeartbeatService.build`: facts, config report,
   four plugins' supervisor stats, breaker report, inventory output stats), about 1.5 KB;
 * the benchmark's queries: vers ranges for deb, rpm and apk, and OSV advisories (JSON as
-  osv.dev serves it) with several ranges, parsed by `hidsd.query.ranges` like hidsctl does;
+  osv.dev serves it) with several ranges, parsed by `hidsd.wire.ranges` like hidsctl does;
 * `code_state`: which controller code a result was measured with.
 """
 
@@ -39,11 +39,12 @@ from typing import Any
 import msgpack
 
 from hidsd import __version__
-from hidsd.bus.protocol import Heartbeat, RunMode
-from hidsd.plugins import frames
-from hidsd.plugins.builtin import DataType
 from hidsd.plugins.supervisor import RUNNER_COUNTERS
 from hidsd.plugins.telemetry import PIPELINE_COUNTERS
+from hidsd.wire import frames
+from hidsd.wire.commands import RunMode
+from hidsd.wire.heartbeat import Heartbeat
+from hidsd.wire.records import DataType
 
 Row = list[str]  # [eco, name, version, arch, source, source_version]
 
@@ -539,7 +540,7 @@ class Query:
 
     def ranges(self) -> list[Any]:
         """Parsed the way `hidsctl query package|advisory` parses them."""
-        from hidsd.query.ranges import parse_osv, parse_vers
+        from hidsd.wire.ranges import parse_osv, parse_vers
 
         if self.kind == "package":
             return [parse_vers(self.spec, self.package)]

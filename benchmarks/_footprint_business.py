@@ -37,7 +37,7 @@ class JobResult:
 
 async def run_job(procs: int, millions: int) -> JobResult:
     """`procs` processes of `millions` million iterations each, started together."""
-    from hidsd.core.proc import with_pdeathsig
+    from hidsd.base.proc import with_pdeathsig
 
     argv = with_pdeathsig([sys.executable, "-S", str(HERE), str(millions)], os.getpid())
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -41,13 +41,13 @@ import msgpack
 import psutil
 import uvloop
 
-from hidsd.bus.protocol import Subjects
+from hidsd.base import logging as hidsd_logging
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.core import logging as hidsd_logging
-from hidsd.core.dynconfig import DEFAULTS
-from hidsd.plugins import frames
 from hidsd.plugins.supervisor import PluginRunner, PluginSpec
 from hidsd.plugins.telemetry import Pipeline, Spool
+from hidsd.wire import frames
+from hidsd.wire.dynconfig import DEFAULTS
+from hidsd.wire.names import Subjects
 
 PLUGIN = "loadgen"
 

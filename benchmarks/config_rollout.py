@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/config_rollout.py --agents 1000 [--out PATH] [--workers 4]
 
-The script starts its own stack (`hidsd.devstack`: one nats-server, one etcd member, no etcd
+The script starts its own stack (`hidsd.dev.devstack`: one nats-server, one etcd member, no etcd
 auth) in a temp dir and an in-process fleet: `--workers` processes
 (`benchmarks/_config_fleet.py`), each running its slice of N "lite agents" on one uvloop loop.
 A lite agent is the real config path: its own `ConfigService` (per-key etcd watches on its
@@ -57,20 +57,15 @@ from _config_fleet import GROUP, SHARDS, WorkerConfig, host_id
 from _fleet import OP_SUBJECT, READY_SUBJECT, pack, raise_nofile_limit, unpack
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import (
-    FLEET_TARGET,
-    ConfigVersion,
-    KeyLayout,
-    Scope,
-    Subjects,
-    decode_heartbeat,
-)
+from hidsd.base import logging as hidsd_logging
+from hidsd.base.errors import HidsError, ProtocolError
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.core import logging as hidsd_logging
-from hidsd.core.errors import HidsError, ProtocolError
 from hidsd.ctl import configplane
-from hidsd.devstack import EtcdCluster, NatsServer, find_binary
+from hidsd.dev.devstack import EtcdCluster, NatsServer, find_binary
+from hidsd.wire.configstore import ConfigVersion
+from hidsd.wire.heartbeat import decode_heartbeat
+from hidsd.wire.names import FLEET_TARGET, KeyLayout, Scope, Subjects
 
 HERE = Path(__file__).resolve().parent
 WORKER_PY = HERE / "_config_fleet.py"

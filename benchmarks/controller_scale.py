@@ -5,8 +5,8 @@ Usage::
     .venv/bin/python benchmarks/controller_scale.py [--controllers 1,2,3] [--seconds 10]
         [--out PATH] [--hosts 10000] [--generators 2] [--hb-per-ack 4]
 
-For each K the script starts a fresh stack (`hidsd.devstack`: nats-server, one etcd member) in
-a temp dir and K real controller processes (`python -m controller.main`, as
+For each K the script starts a fresh stack (`hidsd.dev.devstack`: nats-server, one etcd member) in
+a temp dir and K real controller processes (`python -m hidsd.controller.main`, as
 `tests/support.py` starts them). They share the ingest work as in production: every
 heartbeat and ack goes to one of them (NATS queue group `hidsd-ingest`), which decodes,
 validates and applies it and forwards it to the others in a batch every 250 ms (an ack's
@@ -84,12 +84,13 @@ from _fleet_query_data import code_state
 from fleet_query import wait_quiet
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import Subjects, decode_reply, encode_request
+from hidsd.base import logging as hidsd_logging
+from hidsd.base.errors import HidsError
+from hidsd.base.proc import with_pdeathsig
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.core import logging as hidsd_logging
-from hidsd.core.errors import HidsError
-from hidsd.core.proc import with_pdeathsig
-from hidsd.devstack import EtcdCluster, NatsServer, find_binary, stop_process
+from hidsd.dev.devstack import EtcdCluster, NatsServer, find_binary, stop_process
+from hidsd.wire.names import Subjects
+from hidsd.wire.rpc import decode_reply, encode_request
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -270,7 +271,7 @@ class Run:
         for i in range(self.k):
             name = f"cs-c{i + 1}"
             log = self.workdir / f"controller-{name}.log"
-            cmd = [sys.executable, "-m", "controller.main", "--nats", self.nats.url,
+            cmd = [sys.executable, "-m", "hidsd.controller.main", "--nats", self.nats.url,
                    "--etcd", ",".join(self.etcd.endpoints), "--name", name,
                    "--subject-prefix", PREFIX, "--key-prefix", f"/{PREFIX}/",
                    "--log-format", "json"]  # fmt: skip

@@ -6,8 +6,8 @@ Usage::
     .venv/bin/python benchmarks/fleet_query.py [--agents 10000] [--controllers 2]
         [--queries 30] [--out PATH] [--workers 2] [--offline-frac 0.1]
 
-The script starts its own stack (`hidsd.devstack`: nats-server with JetStream, one etcd
-member) in a temp dir and K real controller processes (`python -m controller.main`, as
+The script starts its own stack (`hidsd.dev.devstack`: nats-server with JetStream, one etcd
+member) in a temp dir and K real controller processes (`python -m hidsd.controller.main`, as
 `tests/support.py` starts them). The N simulated agents are `--workers` processes
 (`benchmarks/_fleet_query_agents.py`) sending what an agent sends for a query to be answered:
 each host's PACKAGES_STATE record on `<prefix>.inv.<host>` through JetStream (frame, headers
@@ -71,12 +71,14 @@ from _fleet_query_agents import DONE_SUBJECT, WorkerConfig
 from _fleet_query_data import Query, agent_heartbeat, code_state, queries
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import Subjects, decode_reply, encode_heartbeat, encode_request
+from hidsd.base import logging as hidsd_logging
+from hidsd.base.errors import HidsError
+from hidsd.base.proc import with_pdeathsig
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.core import logging as hidsd_logging
-from hidsd.core.errors import HidsError
-from hidsd.core.proc import with_pdeathsig
-from hidsd.devstack import EtcdCluster, NatsServer, find_binary, stop_process
+from hidsd.dev.devstack import EtcdCluster, NatsServer, find_binary, stop_process
+from hidsd.wire.heartbeat import encode_heartbeat
+from hidsd.wire.names import Subjects
+from hidsd.wire.rpc import decode_reply, encode_request
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -219,7 +221,7 @@ class Stack:
             "HIDSD_CONTROLLER_INVENTORY_MAX_BYTES": str(max(256 << 20, n * (64 << 10))),
         }
         log = self.workdir / f"controller-{name}.log"
-        cmd = [sys.executable, "-m", "controller.main", "--nats", self.nats.url,
+        cmd = [sys.executable, "-m", "hidsd.controller.main", "--nats", self.nats.url,
                "--etcd", ",".join(self.etcd.endpoints), "--name", name,
                "--subject-prefix", PREFIX, "--key-prefix", f"/{PREFIX}/",
                "--log-format", "json"]  # fmt: skip

@@ -6,9 +6,9 @@ Usage::
         [--skip-business] [--business-reps 5] [--business-work 320] [--max-other-pct 15]
         [--keep-workdir]
 
-The script starts its own stack (`hidsd.devstack`: one nats-server with JetStream, one etcd
+The script starts its own stack (`hidsd.dev.devstack`: one nats-server with JetStream, one etcd
 member, no auth) in a temp dir, creates the telemetry stream as the controller does, and runs
-ONE real agent process (`python -m hidsd.core.main -c agent.toml`, cgroups = "auto" with a
+ONE real agent process (`python -m hidsd.agent.main -c agent.toml`, cgroups = "auto" with a
 cgroup name of its own) that it measures from outside with psutil: RSS, and CPU as the delta
 of the process's user+system time over the phase's wall time, in percent of one core (all the
 agent's threads, not its children). Plugins are the agent's descendant processes. The dynamic
@@ -76,22 +76,17 @@ import uvloop
 from _common import BenchError, warn
 from _footprint_business import JobResult, run_job
 
-from hidsd.bus.protocol import (
-    Heartbeat,
-    KeyLayout,
-    Subjects,
-    decode_event,
-    decode_heartbeat,
-    parse_scope,
-)
-from hidsd.bus.signing import OperatorKey, encode_public_key
+from hidsd.base import logging as hidsd_logging
+from hidsd.base.errors import HidsError, ProtocolError
+from hidsd.base.proc import with_pdeathsig
 from hidsd.bus.store import Store
-from hidsd.core import logging as hidsd_logging
-from hidsd.core.errors import HidsError, ProtocolError
-from hidsd.core.proc import with_pdeathsig
 from hidsd.ctl import configplane
-from hidsd.devstack import EtcdCluster, NatsServer
-from hidsd.plugins import frames
+from hidsd.dev.devstack import EtcdCluster, NatsServer
+from hidsd.wire import frames
+from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat
+from hidsd.wire.names import KeyLayout, Subjects, parse_scope
+from hidsd.wire.rpc import decode_event
+from hidsd.wire.signing import OperatorKey, encode_public_key
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -293,7 +288,7 @@ class Observer:
         await self.nc.subscribe(self.subjects.heartbeat(HOST), cb=on_hb)
         await self.nc.subscribe(self.subjects.event(HOST), cb=on_evt)
         await self.nc.subscribe(f"{self.subjects.prefix}.tel.{HOST}.>", cb=on_tel)
-        await asyncio.sleep(0)  # nats-py: let the SUBs out before flush (DESIGN.md)
+        await asyncio.sleep(0)  # nats-py: let the SUBs out before flush (docs/ARCHITECTURE.md)
         await self.nc.flush()
         return self
 
@@ -374,7 +369,7 @@ class AgentProc:
     def start(self) -> psutil.Process:
         compile_package()  # others may have edited a module since: no stale .pyc
         cfg = self.write_config()
-        argv = [sys.executable, "-m", "hidsd.core.main", "-c", str(cfg)]
+        argv = [sys.executable, "-m", "hidsd.agent.main", "-c", str(cfg)]
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(
                 with_pdeathsig(argv, os.getpid()), stdout=out, stderr=subprocess.STDOUT,
@@ -927,7 +922,7 @@ def compile_package() -> None:
 
 
 NOTES = (
-    "One real agent process (python -m hidsd.core.main, uvloop, log_format json, cgroups "
+    "One real agent process (python -m hidsd.agent.main, uvloop, log_format json, cgroups "
     "auto with a cgroup name of its own, breaker at its defaults unless said otherwise), "
     "measured from outside with psutil every second. RSS is resident memory including the "
     "shared clean pages of the libraries it maps (agent_smaps splits it: private_dirty is "

@@ -5,7 +5,7 @@ Usage::
     .venv/bin/python benchmarks/killswitch.py --agents 1000 [--out PATH] [--workers 4]
         [--offline-frac 0.1] [--watch-agents M]
 
-The script starts its own stack (`hidsd.devstack`: one nats-server, one etcd member) in a temp
+The script starts its own stack (`hidsd.dev.devstack`: one nats-server, one etcd member) in a temp
 dir and an in-process fleet: `--workers` processes (`benchmarks/_fleet.py`), each running its
 slice of N "lite agents" on one uvloop loop. A lite agent is the real command path: its own
 `Bus` (nats-py connection), `ControlPolicy`, `CommandService` (subscribed with
@@ -71,28 +71,19 @@ from _fleet import (
 )
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import (
-    FLEET_TARGET,
-    AckStatus,
-    Command,
-    CommandKind,
-    KeyLayout,
-    RunMode,
-    Scope,
-    Subjects,
-    decode_ack,
-    encode_reply,
-)
-from hidsd.bus.signing import OperatorKey, encode_public_key
+from hidsd.agent.app import StateFile
+from hidsd.agent.control import ControlState
+from hidsd.base import logging as hidsd_logging
+from hidsd.base.errors import HidsError, ProtocolError
+from hidsd.base.proc import with_pdeathsig
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.core import logging as hidsd_logging
-from hidsd.core.agent import StateFile
-from hidsd.core.control import ControlState
-from hidsd.core.errors import HidsError, ProtocolError
-from hidsd.core.proc import with_pdeathsig
 from hidsd.ctl.killswitch import DEFAULT_TTL_S, IssueResult, issue_command, new_command_id
-from hidsd.devstack import EtcdCluster, NatsServer, find_binary
+from hidsd.dev.devstack import EtcdCluster, NatsServer, find_binary
+from hidsd.wire.commands import AckStatus, Command, CommandKind, RunMode, decode_ack
+from hidsd.wire.names import FLEET_TARGET, KeyLayout, Scope, Subjects
+from hidsd.wire.rpc import encode_reply
+from hidsd.wire.signing import OperatorKey, encode_public_key
 
 HERE = Path(__file__).resolve().parent
 FLEET_PY = HERE / "_fleet.py"

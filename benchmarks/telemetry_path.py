@@ -6,7 +6,7 @@ Usage::
         [--sizes 100,1000] [--batches 500,1000,2000] [--repeat N] [--no-profile]
         [--keep-workdir]
 
-The script starts one nats-server with JetStream (`hidsd.devstack.NatsServer`) in a temp dir
+The script starts one nats-server with JetStream (`hidsd.dev.devstack.NatsServer`) in a temp dir
 and creates the telemetry stream as the controller's `ensure_stream` does (subjects
 `<prefix>.tel.>`, file storage, discard old, 120 s duplicate window), bounded by
 `--stream-max-bytes` and purged before every run.
@@ -56,13 +56,13 @@ import msgpack
 import uvloop
 from _telemetry_agent import AgentConfig
 
-from hidsd.bus.protocol import Subjects
+from hidsd.base import logging as hidsd_logging
+from hidsd.base.errors import HidsError
+from hidsd.base.proc import with_pdeathsig
 from hidsd.bus.transport import Bus, BusOptions
-from hidsd.core import logging as hidsd_logging
-from hidsd.core.errors import HidsError
-from hidsd.core.proc import with_pdeathsig
-from hidsd.devstack import NatsServer, find_binary
-from hidsd.plugins import frames
+from hidsd.dev.devstack import NatsServer, find_binary
+from hidsd.wire import frames
+from hidsd.wire.names import Subjects
 
 HERE = Path(__file__).resolve().parent
 AGENT_PY = HERE / "_telemetry_agent.py"
@@ -149,7 +149,7 @@ def machine_info() -> dict[str, Any]:
 
 
 async def ensure_stream(bus: Bus, subjects: Subjects, max_bytes: int) -> None:
-    """The telemetry stream as `controller.service.ControllerService.ensure_stream` makes it,
+    """The telemetry stream as `hidsd.controller.service.ControllerService.ensure_stream` makes it,
     with our own bound on bytes."""
     from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from support import Stack
 
-from hidsd.bus.signing import OperatorKey
-from hidsd.devstack import EtcdCluster, NatsServer, bootstrap_auth
+from hidsd.dev.devstack import EtcdCluster, NatsServer, bootstrap_auth
+from hidsd.wire.signing import OperatorKey
 
 ROOT_PASSWORD = "root-test-password"
 

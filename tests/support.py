@@ -23,19 +23,14 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import (
-    Ack,
-    Heartbeat,
-    KeyLayout,
-    Subjects,
-    decode_ack,
-    decode_event,
-    decode_heartbeat,
-)
-from hidsd.bus.signing import OperatorKey, encode_public_key
-from hidsd.core.errors import ProtocolError
-from hidsd.core.proc import with_pdeathsig
-from hidsd.devstack import EtcdCluster, NatsServer
+from hidsd.base.errors import ProtocolError
+from hidsd.base.proc import with_pdeathsig
+from hidsd.dev.devstack import EtcdCluster, NatsServer
+from hidsd.wire.commands import Ack, decode_ack
+from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat
+from hidsd.wire.names import KeyLayout, Subjects
+from hidsd.wire.rpc import decode_event
+from hidsd.wire.signing import OperatorKey, encode_public_key
 
 PY = sys.executable
 
@@ -253,7 +248,7 @@ class Stack:
         if host not in self.agent_creds:
             await self.add_agent_user(host, groups)
         cfg = self.agent_config(host, groups, **extra)
-        return self._spawn(f"agent-{host}", [PY, "-m", "hidsd.core.main", "-c", str(cfg)], env)
+        return self._spawn(f"agent-{host}", [PY, "-m", "hidsd.agent.main", "-c", str(cfg)], env)
 
     def start_controller(self, name: str = "c1", env: dict[str, str] | None = None) -> Proc:
         # JetStream reserves each stream's max bytes: many tests share one server
@@ -264,7 +259,7 @@ class Stack:
                         "HIDSD_CONTROLLER_ETCD_PASSWORD": self.viewer[1]})  # fmt: skip
         return self._spawn(
             f"controller-{name}",
-            [PY, "-m", "controller.main", "--nats", self.nats.url, "--sys-nats",
+            [PY, "-m", "hidsd.controller.main", "--nats", self.nats.url, "--sys-nats",
              self.nats.sys_url, "--etcd", ",".join(self.etcd.endpoints), "--name", name,
              "--subject-prefix", self.prefix, "--key-prefix", f"/{self.prefix}/",
              "--log-format", "json"],

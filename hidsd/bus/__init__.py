@@ -1,1 +1,2 @@
-"""The bus: protocol (pure), command signing, NATS transport and the etcd store adapter."""
+"""The adapters: NATS and JetStream (`transport`), etcd (`store`: the only module that imports
+the etcd client). No policy here; the formats are in `hidsd.wire`."""

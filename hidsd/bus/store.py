@@ -33,7 +33,7 @@ from etcd3aio import (
 )
 from etcd3aio.kv import KVService
 
-from hidsd.core.errors import (
+from hidsd.base.errors import (
     HidsError,
     StoreAuthError,
     StoreConflict,

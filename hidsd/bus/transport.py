@@ -21,8 +21,8 @@ import structlog
 from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
 
-from hidsd.core.aio import wait_timeout
-from hidsd.core.errors import BusUnavailable, NoResponse, NotPublishable
+from hidsd.base.aio import wait_timeout
+from hidsd.base.errors import BusUnavailable, NoResponse, NotPublishable
 
 Handler = Callable[[Msg], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
@@ -165,7 +165,7 @@ class Bus:
         """Subscribe and make sure the server has the SUB before returning.
 
         nats-py can return from flush() before the server processed a SUB issued just before
-        (DESIGN.md): yield once so the SUB is written first.
+        (docs/ARCHITECTURE.md, "Facts"): yield once so the SUB is written first.
         """
         sub = await self.client.subscribe(
             subject, queue=queue, cb=handler, pending_msgs_limit=pending_msgs

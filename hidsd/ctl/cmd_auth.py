@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hidsd.core.errors import HidsError
+from hidsd.base.errors import HidsError
 from hidsd.ctl import rbac
 from hidsd.ctl.common import CtlSettings, Exit, _emit_json, _fail, err, open_store, out
 

@@ -11,9 +11,7 @@ import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
-from hidsd.bus.protocol import ConfigVersion, Scope, parse_scope
-from hidsd.core import dynconfig
-from hidsd.core.errors import ConfigError, HidsError, ProtocolError
+from hidsd.base.errors import ConfigError, HidsError, ProtocolError
 from hidsd.ctl import configplane
 from hidsd.ctl.common import (
     CtlSettings,
@@ -26,6 +24,9 @@ from hidsd.ctl.common import (
     open_store,
     out,
 )
+from hidsd.wire import dynconfig
+from hidsd.wire.configstore import ConfigVersion
+from hidsd.wire.names import Scope, parse_scope
 
 config_app = typer.Typer(help="Versioned agent config: set, history, diff, rollback.",
                          no_args_is_help=True)  # fmt: skip

@@ -15,9 +15,9 @@ import msgpack
 import typer
 from rich.table import Table
 
-from hidsd.core.errors import HidsError
+from hidsd.base.errors import HidsError
 from hidsd.ctl.common import CtlSettings, Exit, _ask, _connect, _emit_json, _fail, err, out
-from hidsd.plugins import frames
+from hidsd.wire import frames
 
 plugins_app = typer.Typer(help="Plugins on every agent: state, usage, drops.",
                           no_args_is_help=True)  # fmt: skip
@@ -72,7 +72,7 @@ def plugins_status(
 @plugins_app.command("list")
 def plugins_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Plugins the agents can run, and how many agents run each."""
-    from hidsd.plugins.supervisor import BUILTIN
+    from hidsd.wire.records import BUILTIN
 
     s: CtlSettings = ctx.obj
     try:
@@ -103,14 +103,14 @@ def _plugin_command(
     ctx: typer.Context, kind_name: str, name: str, group: str | None, host: str | None,
     wait: float, as_json: bool,
 ) -> None:  # fmt: skip
-    from hidsd.bus.protocol import CommandKind
-    from hidsd.ctl.main import _control
-    from hidsd.plugins.supervisor import BUILTIN
+    from hidsd.ctl.issuing import control
+    from hidsd.wire.commands import CommandKind
+    from hidsd.wire.records import BUILTIN
 
     if name not in BUILTIN:
         err.print(f"[red]error:[/] unknown plugin {name!r}; known: {', '.join(BUILTIN)}")
         raise typer.Exit(Exit.USAGE)
-    _control(ctx.obj, CommandKind(f"plugin_{kind_name}"), group, host, wait, False, as_json,
+    control(ctx.obj, CommandKind(f"plugin_{kind_name}"), group, host, wait, False, as_json,
              plugin=name)  # fmt: skip
 
 

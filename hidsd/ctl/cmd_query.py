@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from hidsd.core.errors import HidsError
+from hidsd.base.errors import HidsError
 from hidsd.ctl.common import CtlSettings, Exit, _ask, _emit_json, _fail, _run, err, out
 
 query_app = typer.Typer(help="Fleet queries: which hosts run an affected version.",
@@ -110,7 +110,7 @@ def query_package(
     as_json: JsonOpt = False,
 ) -> None:
     """Which hosts run NAME in a version inside the --affected range."""
-    from hidsd.query.ranges import QueryError, parse_vers
+    from hidsd.wire.ranges import QueryError, parse_vers
 
     try:
         rng = parse_vers(affected, name)
@@ -130,7 +130,7 @@ def query_advisory(
     as_json: JsonOpt = False,
 ) -> None:
     """Which hosts run any package in an affected range of an OSV advisory."""
-    from hidsd.query.ranges import QueryError, parse_osv
+    from hidsd.wire.ranges import QueryError, parse_osv
 
     try:
         adv = parse_osv(file.read_bytes())
@@ -177,4 +177,32 @@ def controllers_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         t.add_row(c["name"], c["id"], f"{c['uptime_s']:.0f}s", str(n.get("heartbeats", 0)),
                   str(n.get("acks", 0)), str(fwd), str(c["agents"]),
                   str(c["inventory_hosts"]))  # fmt: skip
+    out.print(t)
+
+
+@controllers_app.command("endpoints")
+def controllers_endpoints(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """One controller's request verbs with their counters (the one that answers)."""
+    res = _run(lambda: _ask(ctx.obj, "endpoints", {}))
+    if as_json:
+        _emit_json(res)
+        return
+    t = Table(title="controller endpoints")
+    for col in (
+        "kind",
+        "verb",
+        "requests",
+        "errors",
+        "internal",
+        "too large",
+        "avg ms",
+        "last error",
+    ):
+        t.add_column(col, no_wrap=col in ("kind", "verb"))
+    for kind in ("controller", "peer"):
+        for verb, st in res[kind]["endpoints"].items():
+            internal = f"[red]{st['internal_errors']}[/]" if st["internal_errors"] else "0"
+            avg = f"{st['average_ms']:.2f}"
+            t.add_row(kind, verb, str(st["requests"]), str(st["errors"]), internal,
+                      str(st["too_large"]), avg, st["last_error"])  # fmt: skip
     out.print(t)

@@ -18,8 +18,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from hidsd.bus.protocol import KeyLayout, Subjects, decode_reply, encode_request
-from hidsd.core.errors import (
+from hidsd.base.errors import (
     BusUnavailable,
     ConfigError,
     HidsError,
@@ -31,6 +30,8 @@ from hidsd.core.errors import (
     StorePermissionDenied,
     StoreUnavailable,
 )
+from hidsd.wire.names import KeyLayout, Subjects
+from hidsd.wire.rpc import decode_reply, encode_request
 
 T = TypeVar("T")
 

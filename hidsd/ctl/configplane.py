@@ -13,18 +13,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from hidsd.bus.protocol import (
+from hidsd.base.errors import HidsError, ProtocolError, StoreConflict
+from hidsd.bus.store import Store
+from hidsd.wire import dynconfig
+from hidsd.wire.configstore import (
     ConfigVersion,
-    KeyLayout,
-    Scope,
     decode_config_pointer,
     decode_config_version,
     encode_config_pointer,
     encode_config_version,
 )
-from hidsd.bus.store import Store
-from hidsd.core import dynconfig
-from hidsd.core.errors import HidsError, ProtocolError, StoreConflict
+from hidsd.wire.names import KeyLayout, Scope
 
 
 class NotFound(HidsError):

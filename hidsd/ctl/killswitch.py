@@ -21,24 +21,14 @@ from typing import Any
 import msgpack
 from nats.aio.msg import Msg
 
-from hidsd.bus.protocol import (
-    CLOCK_TOLERANCE_S,
-    Ack,
-    AckStatus,
-    Command,
-    CommandKind,
-    KeyLayout,
-    Scope,
-    Subjects,
-    decode_ack,
-    decode_reply,
-    encode_request,
-)
-from hidsd.bus.signing import OperatorKey, RejectReason
+from hidsd.base.aio import wait_timeout
+from hidsd.base.errors import NoResponse, NotRecorded, ProtocolError, StoreUnavailable
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus
-from hidsd.core.aio import wait_timeout
-from hidsd.core.errors import NoResponse, NotRecorded, ProtocolError, StoreUnavailable
+from hidsd.wire.commands import CLOCK_TOLERANCE_S, Ack, AckStatus, Command, CommandKind, decode_ack
+from hidsd.wire.names import KeyLayout, Scope, Subjects
+from hidsd.wire.rpc import decode_reply, encode_request
+from hidsd.wire.signing import OperatorKey, RejectReason
 
 DEFAULT_TTL_S = 300.0
 #: a host whose ack shows a clock this far from ours is named in the summary
@@ -233,7 +223,8 @@ async def issue_command(
                 verdict = RejectReason.NOT_YET_VALID
             if verdict and ack.host not in result.clock_refused:
                 result.clock_refused[ack.host] = (
-                    f"{verdict}: this host's clock is {skew:+.1f} s off ours")
+                    f"{verdict}: this host's clock is {skew:+.1f} s off ours"
+                )
         clock_refusal = ack.status is AckStatus.REJECTED and ack.reason in TIME_REASONS
         if not (clock_refusal and not first):
             # a refusal of the broadcast never hides an ack the host sent from etcd's copy

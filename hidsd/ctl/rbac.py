@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
-from hidsd.bus.protocol import KeyLayout
 from hidsd.bus.store import Grant
+from hidsd.wire.names import KeyLayout
 
 ROLES = ("operator", "viewer", "agent")
 

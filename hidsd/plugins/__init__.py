@@ -1,3 +1,4 @@
-"""Plugin runtime: the pipe frame protocol (`frames`), the supervisor and telemetry pipeline
-(`supervisor`, `telemetry`), the Python SDK for plugin authors (`sdk`) and the built-in
-plugins (`builtin`), each runnable as its own process."""
+"""Plugin runtime: the supervisor and telemetry pipeline (`supervisor`, `telemetry`), plugins'
+logs (`pluginlog`), resource control (`cgroups`), the Python SDK for plugin authors (`sdk`) and
+the built-in plugins (`builtin`), each runnable as its own process. The pipe frame format is in
+`hidsd.wire.frames`."""

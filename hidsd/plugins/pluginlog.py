@@ -14,8 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from hidsd.core.aio import wait_timeout
-from hidsd.core.storage import StorageHealth
+from hidsd.base.aio import wait_timeout
+from hidsd.base.storage import StorageHealth
 
 
 class PluginLog:

@@ -6,7 +6,7 @@
     while plugin.wait(5.0):             # False once the agent asks it to stop
         plugin.emit(1, {"msg": "hi", "n": plugin.params.get("n", 0)})
 
-Records are msgpack-encoded once, here, and framed (see `hidsd.plugins.frames`); the agent
+Records are msgpack-encoded once, here, and framed (see `hidsd.wire.frames`); the agent
 forwards them without decoding. Tasks from the agent (config, run, shutdown) are read by a
 background thread; `params` always holds the latest config. When the agent closes the pipe
 or sends SHUTDOWN, `wait` returns False and the plugin should exit.
@@ -23,8 +23,8 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from hidsd.core.errors import ProtocolError
-from hidsd.plugins import frames
+from hidsd.base.errors import ProtocolError
+from hidsd.wire import frames
 
 TaskHandler = Callable[[int, Any], None]
 

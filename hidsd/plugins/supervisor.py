@@ -30,19 +30,19 @@ import msgpack
 import psutil
 import structlog
 
+from hidsd.base.aio import wait_timeout
+from hidsd.base.errors import ProtocolError
+from hidsd.base.proc import with_pdeathsig
+from hidsd.base.storage import StorageHealth, describe
 from hidsd.bus.transport import backoff_delay
-from hidsd.core.aio import wait_timeout
-from hidsd.core.errors import ProtocolError
-from hidsd.core.proc import with_pdeathsig
-from hidsd.core.storage import StorageHealth, describe
-from hidsd.plugins import frames
 from hidsd.plugins.pluginlog import PluginLog
 from hidsd.plugins.telemetry import Pipeline, PipelineLimits, Publish, Spool
+from hidsd.wire import frames
+from hidsd.wire.records import BUILTIN
 
 if TYPE_CHECKING:
-    from hidsd.core.cgroups import ResourceControl
+    from hidsd.plugins.cgroups import ResourceControl
 
-BUILTIN = ("inventory", "procmon", "fim", "authlog", "loadgen", "drill")
 #: always reported, zero or not, so a missing key never hides a count
 RUNNER_COUNTERS = ("starts", "records", "bad_frames", "truncated_frames", "parked",
                    "task_pipe_broken", "runner_errors", "start_failed")  # fmt: skip
@@ -410,7 +410,7 @@ class Supervisor:
         self._recompute()
 
     def _recompute(self) -> None:
-        from hidsd.core.dynconfig import DEFAULTS
+        from hidsd.wire.dynconfig import DEFAULTS
 
         telemetry = self.telemetry or DEFAULTS["telemetry"]
         confs = getattr(self, "plugins_conf", {})

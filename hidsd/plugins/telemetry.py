@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -23,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hidsd.core.aio import wait_timeout
-from hidsd.core.errors import NotPublishable
-from hidsd.core.storage import FD_ERRNOS, StorageHealth
-from hidsd.plugins import frames
+from hidsd.base.aio import wait_timeout
+from hidsd.base.errors import NotPublishable
+from hidsd.base.files import write_atomic
+from hidsd.base.storage import FD_ERRNOS, StorageHealth
+from hidsd.wire import frames
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
 #: always reported, zero or not
@@ -122,14 +122,9 @@ class Spool:
         if self.bytes + size > self.max_bytes:
             return False
         name = self.dir / f"{batch.name}.batch"
-        tmp = name.with_suffix(".tmp")
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(batch.body)
-            os.replace(tmp, name)
+            write_atomic(name, batch.body)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)  # a partial file would only take space
             self._failed(exc)
             return False
         self._ok()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from hidsd.base.errors import BusUnavailable, NoResponse
 from hidsd.bus.transport import Bus, BusOptions, backoff_delay
-from hidsd.core.errors import BusUnavailable, NoResponse
-from hidsd.devstack import NatsServer
+from hidsd.dev.devstack import NatsServer
 
 
 def test_backoff_is_jittered_and_capped() -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-from controller.cluster import owner
-from controller.presence import HeartbeatMeta, Liveness, Presence
-from hidsd.bus.protocol import Heartbeat, RunMode, Scope, encode_heartbeat
+from hidsd.controller.cluster import owner
+from hidsd.controller.presence import HeartbeatMeta, Liveness, Presence
+from hidsd.wire.commands import RunMode
+from hidsd.wire.heartbeat import Heartbeat, encode_heartbeat
+from hidsd.wire.names import Scope
 
 
 def hb(host: str, seq: int, sent_at: float, bye: bool = False) -> Heartbeat:

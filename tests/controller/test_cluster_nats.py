@@ -11,18 +11,12 @@ import msgpack
 from nats.aio.msg import Msg
 from support import Stack, wait_for
 
-from controller.cluster import Cluster
-from controller.presence import HeartbeatMeta
-from hidsd.bus.protocol import (
-    Ack,
-    AckStatus,
-    Heartbeat,
-    RunMode,
-    Subjects,
-    encode_ack,
-    encode_heartbeat,
-)
 from hidsd.bus.transport import Bus, BusOptions
+from hidsd.controller.cluster import Cluster
+from hidsd.controller.presence import HeartbeatMeta
+from hidsd.wire.commands import Ack, AckStatus, RunMode, encode_ack
+from hidsd.wire.heartbeat import Heartbeat, encode_heartbeat
+from hidsd.wire.names import Subjects
 
 
 async def member(stack: Stack, subjects: Subjects, name: str, delay: float = 0.0) -> Any:

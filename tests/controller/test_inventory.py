@@ -14,8 +14,8 @@ from typing import Any
 import psutil
 import pytest
 
-from controller.inventory import InventoryIndex, Match
-from hidsd.query.ranges import AffectedRange, parse_osv, parse_vers
+from hidsd.controller.inventory import InventoryIndex, Match
+from hidsd.wire.ranges import AffectedRange, parse_osv, parse_vers
 
 OSSL_U4 = ("deb", "openssl", "1.1.1n-0+deb11u4")
 OSSL_U5 = ("deb", "openssl", "1.1.1n-0+deb11u5")

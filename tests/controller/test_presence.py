@@ -1,4 +1,4 @@
-"""controller.presence (online/offline from heartbeats and advisories) and the ack ledger."""
+"""hidsd.controller.presence (online/offline from heartbeats and advisories) and the ack ledger."""
 
 from __future__ import annotations
 
@@ -6,17 +6,11 @@ from typing import Any
 
 import pytest
 
-from controller.presence import AGENT_CLIENT_PREFIX, Liveness, Presence
-from controller.service import AckLedger, host_desired_revision
-from hidsd.bus.protocol import (
-    FLEET_TARGET,
-    Ack,
-    AckStatus,
-    Heartbeat,
-    KeyLayout,
-    RunMode,
-    Scope,
-)
+from hidsd.controller.presence import AGENT_CLIENT_PREFIX, Liveness, Presence
+from hidsd.controller.service import AckLedger, host_desired_revision
+from hidsd.wire.commands import Ack, AckStatus, RunMode
+from hidsd.wire.heartbeat import Heartbeat
+from hidsd.wire.names import FLEET_TARGET, KeyLayout, Scope
 
 T0 = 1_000.0
 S1, S2 = "NSERVER1", "NSERVER2"

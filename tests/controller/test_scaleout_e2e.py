@@ -14,7 +14,7 @@ from typing import Any
 
 from support import Proc, Stack
 
-from hidsd.bus.protocol import Subjects
+from hidsd.wire.names import Subjects
 
 VULN = "vers:deb/<1.1.1n-0+deb11u5"
 OTHERS = [("bash", "5.1-2+deb11u1"), ("libc6", "2.31-13+deb11u11"), ("zlib1g", "1:1.2.11.dfsg-2")]
@@ -71,7 +71,7 @@ async def ping(stack: Stack) -> dict[str, Any] | None:
     """The controllers' own view (hidsctl has no command for it: ask like hidsctl does)."""
     import nats
 
-    from hidsd.bus.protocol import decode_reply, encode_request
+    from hidsd.wire.rpc import decode_reply, encode_request
 
     nc = await nats.connect(stack.nats.url)
     try:
@@ -229,7 +229,7 @@ async def test_controller_killed_during_a_kill_switch_loses_no_ack_or_presence(
     await asyncio.sleep(0.5)  # the forwarded batch (0.25 s) from the receiving controller
     import nats
 
-    from hidsd.bus.protocol import decode_reply, encode_request
+    from hidsd.wire.rpc import decode_reply, encode_request
 
     nc = await nats.connect(stack.nats.url)
     try:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from support import Stack, wait_for
 
-from hidsd.bus.protocol import Scope
+from hidsd.base.errors import StoreAuthError, StoreConflict, StorePermissionDenied
 from hidsd.bus.store import Store
-from hidsd.core.errors import StoreAuthError, StoreConflict, StorePermissionDenied
 from hidsd.ctl import configplane
-from hidsd.devstack import find_binary
+from hidsd.dev.devstack import find_binary
+from hidsd.wire.names import Scope
 
 
 def _write(tmp: Path, name: str, text: str) -> Path:
@@ -285,7 +285,7 @@ async def test_rbac_viewer_and_agent_cannot_write_wrong_password_fails(stack: St
 
 
 async def test_expired_token_is_refreshed(tmp_path: Path) -> None:
-    from hidsd.devstack import EtcdCluster, bootstrap_auth
+    from hidsd.dev.devstack import EtcdCluster, bootstrap_auth
 
     e = EtcdCluster(tmp_path, auth_token_ttl_s=1).start()
     try:
@@ -308,7 +308,7 @@ async def test_expired_token_is_refreshed(tmp_path: Path) -> None:
 def test_credentials_file_must_be_private(tmp_path: Path) -> None:
     import os
 
-    from hidsd.core.errors import ConfigError
+    from hidsd.base.errors import ConfigError
     from hidsd.ctl.common import read_credentials
 
     p = tmp_path / "credentials.toml"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hidsd.bus.protocol import KeyLayout, Scope
 from hidsd.bus.store import PERMS, Grant
 from hidsd.ctl import rbac
+from hidsd.wire.names import KeyLayout, Scope
 
 READS = ("read", "readwrite")
 WRITES = ("write", "readwrite")

@@ -19,8 +19,8 @@ from typing import Any
 
 import msgpack
 
-from hidsd.plugins import frames
 from hidsd.plugins.builtin import DataType
+from hidsd.wire import frames
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from plugin_harness import start_plugin
 
 from hidsd.plugins.builtin import DataType
 from hidsd.plugins.builtin.authlog import parse_line
-from hidsd.plugins.frames import TaskType
+from hidsd.wire.frames import TaskType
 
 ACCEPTED = (
     "Mar  5 10:11:12 web1 sshd[1234]: Accepted publickey for root from 10.0.0.1 port 51234 "

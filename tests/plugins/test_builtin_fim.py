@@ -14,7 +14,7 @@ import psutil
 from plugin_harness import PluginRun, start_plugin
 
 from hidsd.plugins.builtin import DataType
-from hidsd.plugins.frames import TaskType
+from hidsd.wire.frames import TaskType
 
 
 def sha(data: bytes) -> str:

@@ -17,7 +17,7 @@ import pytest
 from plugin_harness import start_plugin
 
 from hidsd.plugins.builtin import DataType
-from hidsd.plugins.frames import TaskType
+from hidsd.wire.frames import TaskType
 
 DPKG = """\
 Package: openssl

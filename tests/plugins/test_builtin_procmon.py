@@ -15,7 +15,7 @@ from plugin_harness import start_plugin
 
 from hidsd.plugins.builtin import DataType
 from hidsd.plugins.builtin.procmon import boot_time, read_process
-from hidsd.plugins.frames import TaskType
+from hidsd.wire.frames import TaskType
 
 
 def test_new_process_is_reported_with_parent_and_cmdline(tmp_path: Path) -> None:

@@ -7,14 +7,12 @@ storage report with its path, and it clears by itself once the filesystem takes 
 from __future__ import annotations
 
 import asyncio
-import errno
 from pathlib import Path
 
 import pytest
 from support import can_mount, fill, remount, tmpfs
 
-from hidsd.bus.protocol import StorageStatus
-from hidsd.core.storage import StorageHealth, classify
+from hidsd.base.storage import StorageHealth, StorageStatus
 from hidsd.plugins.pluginlog import PluginLog
 from hidsd.plugins.telemetry import Batch, Pipeline, PipelineLimits, Spool
 
@@ -23,30 +21,6 @@ needs_mount = pytest.mark.skipif(bool(can_mount()), reason=can_mount() or "-")
 
 def batch(seq: int, size: int = 1000) -> Batch:
     return Batch(epoch=1, first_seq=seq, count=10, body=b"r" * size)
-
-
-def test_classify() -> None:
-    assert classify(OSError(errno.ENOSPC, "x")) is StorageStatus.FULL
-    assert classify(OSError(errno.EDQUOT, "x")) is StorageStatus.FULL
-    assert classify(OSError(errno.EROFS, "x")) is StorageStatus.READ_ONLY
-    assert classify(OSError(errno.EIO, "x")) is StorageStatus.ERROR
-    assert classify(OSError(errno.EMFILE, "x")) is StorageStatus.ERROR
-
-
-def test_health_reports_the_worst_and_clears(tmp_path: Path) -> None:
-    h = StorageHealth(tmp_path, clock=lambda: 5.0)
-    h.probe()
-    assert h.report().status is StorageStatus.OK and h.report().free_bytes
-    h.failed("spool:a", tmp_path / "a", OSError(errno.ENOSPC, "No space left on device"))
-    h.failed("state", tmp_path / "s", OSError(errno.EIO, "Input/output error"))
-    r = h.report()
-    assert r.status is StorageStatus.ERROR and r.path == str(tmp_path / "s")
-    assert r.failing["spool:a"].startswith("full: ENOSPC")
-    assert r.fds_open and r.fds_limit
-    assert h.ok("state") and not h.ok("state")
-    assert h.report().status is StorageStatus.FULL
-    h.ok("spool:a")
-    assert h.report().status is StorageStatus.OK and h.recoveries == 2 and h.errors_total == 2
 
 
 @needs_mount

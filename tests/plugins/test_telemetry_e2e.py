@@ -12,7 +12,7 @@ import nats
 import psutil
 from support import Stack, wait_for
 
-from hidsd.plugins import frames
+from hidsd.wire import frames
 
 
 async def _set(stack: Stack, scope: str, text: str) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from hidsd.core.errors import NotPublishable
-from hidsd.plugins import frames
+from hidsd.base.errors import NotPublishable
 from hidsd.plugins.telemetry import Pipeline, PipelineLimits, Spool
+from hidsd.wire import frames
 
 
 def _frame(n: int, size: int = 100) -> bytes:

@@ -1,7 +1,7 @@
 """The built-in plugins: real detection data, each its own process.
 
 Run one as `python -m hidsd.plugins.builtin.<name>`; the agent sends its params in a CONFIG
-task right after start and reads record frames from its stdout (`hidsd.plugins.frames`).
+task right after start and reads record frames from its stdout (`hidsd.wire.frames`).
 
 | plugin      | data types                                 | source                         |
 |-------------|--------------------------------------------|--------------------------------|
@@ -16,10 +16,9 @@ Every built-in also emits ERROR (something it could not read; reported once unti
 so a broken file cannot flood the fleet) and STATUS (ready, reconfigured; authlog: following a
 file, and why: start, created, rotated, truncated).
 
-The numbers live here, in one place, because the agent forwards frames without decoding them:
-consumers (controller ingest, fleet queries) route on the header's data type alone and import
-`DataType` from here without importing any plugin. They are unique across the built-ins so a
-record is self-describing even away from its `tel.<host>.<plugin>` subject.
+The numbers live in `hidsd.wire.records` (re-exported here), because the agent forwards frames
+without decoding them: consumers (controller ingest, fleet queries) route on the header's data
+type alone.
 
 `Runner` is the loop the built-ins share on top of the SDK: the SDK's `wait` wakes only on stop,
 but these plugins must also wake on tasks (a "snapshot" RUN) and on their own descriptors
@@ -37,46 +36,13 @@ import select
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from enum import IntEnum
 from typing import Any
 
-from hidsd.plugins import frames
 from hidsd.plugins.sdk import Plugin
+from hidsd.wire import frames
+from hidsd.wire.records import DataType
 
-
-class DataType(IntEnum):
-    """Record types of the built-in plugins (the frame header's data_type)."""
-
-    ERROR = 1  # {plugin, op, path, error, errno}: could not read something; plugin goes on
-    STATUS = 2  # {plugin, event, ...}: "ready" after setup, "reconfigured", "following" (authlog)
-    # the agent itself (subject tel.<host>.agent): {kind: "breaker", old, state, reason, ...}
-    AGENT_EVENT = 3
-    # inventory: full snapshots, chunked ({snapshot_id, chunk, chunks, total, <items>})
-    PACKAGES = 100  # packages: [{name, version, architecture, source, source_version, ecosystem}]
-    PORTS = 101  # ports: [{proto, ip, port, pid, process}] (TCP listening, UDP bound)
-    USERS = 102  # users: [{name, uid, gid, home, shell}] from passwd
-    # inventory: deltas since the previous scan ({delta_id, chunk, chunks, added, removed, changed})
-    PACKAGES_DELTA = 110
-    # inventory: the whole package set in one record, for the fleet query index (R5); the agent
-    # routes it (by this type alone) to the inventory stream, latest per host:
-    # {os_id, os_version, count, digest, reason, packages_z: zlib(msgpack([[eco, name,
-    # version, arch, source, source_version], ...]))}; sent when the set changes, and every
-    # state_interval_s anyway
-    PACKAGES_STATE = 120
-    PORTS_DELTA = 111
-    USERS_DELTA = 112
-    # procmon: a new process (or a recent one that exec'd): {event, pid, ppid, exe, cmdline, ...}
-    PROCESS = 200
-    # fim: {path, status, type, sha256, size, mode, uid, gid, mtime} per watched path at start
-    FIM_BASELINE = 300
-    # fim: {path, change: modified|created|deleted|attrib, old_sha256, new_sha256, old, new}
-    FIM_CHANGE = 301
-    # authlog: {event, user, ip, port, method, pid, host, timestamp, time, path, line, ...}
-    SSH_ACCEPTED = 400
-    SSH_FAILED = 401
-    SSH_INVALID_USER = 402
-    # loadgen: {n, pad}, synthetic load for the telemetry path
-    LOADGEN = 900
+__all__ = ["DataType", "Runner"]
 
 
 def is_task(payload: Any, name: str) -> bool:

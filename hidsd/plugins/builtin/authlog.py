@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from hidsd.plugins.builtin import DataType, Runner, run_main
-from hidsd.plugins.frames import TaskType
+from hidsd.wire.frames import TaskType
 
 DEFAULT_PATHS = ("/var/log/auth.log", "/var/log/secure")
 READ_CHUNK = 1 << 16

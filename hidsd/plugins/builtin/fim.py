@@ -32,7 +32,7 @@ from typing import Any
 import inotify_simple  # type: ignore[import-untyped]
 
 from hidsd.plugins.builtin import DataType, Runner, is_task, run_main
-from hidsd.plugins.frames import TaskType
+from hidsd.wire.frames import TaskType
 
 DEFAULT_PATHS = (
     "/etc/passwd",

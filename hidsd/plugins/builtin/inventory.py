@@ -39,9 +39,9 @@ from typing import Any
 import msgpack
 from debian.deb822 import Deb822
 
-from hidsd.core.hostinfo import read_os_release
+from hidsd.base.hostinfo import read_os_release
 from hidsd.plugins.builtin import DataType, Runner, is_task, run_main
-from hidsd.plugins.frames import TaskType
+from hidsd.wire.frames import TaskType
 
 Item = dict[str, Any]
 Key = tuple[Any, ...]

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from hidsd.plugins.builtin import DataType, Runner, run_main
-from hidsd.plugins.frames import TaskType
+from hidsd.wire.frames import TaskType
 
 PROC = "/proc"
 PF_KTHREAD = 0x00200000

@@ -1,0 +1,1 @@
+"""The hidsd agent: the app, its services and its pure policies."""

@@ -1,1 +1,0 @@
-"""Agent core: settings, lifecycle, run-mode state, logging and errors."""

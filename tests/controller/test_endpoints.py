@@ -1,0 +1,111 @@
+"""hidsd.controller.endpoints: the verb table always replies, and counts per verb."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import structlog
+from support import Stack
+
+from hidsd.base.errors import ProtocolError
+from hidsd.controller.endpoints import Endpoints
+from hidsd.wire.rpc import decode_reply, encode_request
+
+
+@dataclass
+class FakeMsg:
+    """What the table reads of a NATS message: its data and reply subject."""
+
+    data: bytes
+    reply: str = "_INBOX.1"
+
+
+class Replies:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        self.sent.append((subject, data))
+
+    def last(self) -> Any:
+        return decode_reply(self.sent[-1][1])
+
+
+def table(max_payload: int | None = None) -> tuple[Endpoints, Replies]:
+    r = Replies()
+    ep = Endpoints("controller", r.publish, lambda: max_payload, structlog.get_logger("t"))
+
+    async def echo(params: dict[str, Any]) -> Any:
+        return {"got": params}
+
+    async def refuse(params: dict[str, Any]) -> Any:
+        raise ProtocolError("unknown agent 'x'")
+
+    async def bug(params: dict[str, Any]) -> Any:
+        raise KeyError("boom")
+
+    async def big(params: dict[str, Any]) -> Any:
+        return "x" * 5000
+
+    for name, h in (("echo", echo), ("refuse", refuse), ("bug", bug), ("big", big)):
+        ep.add(name, h)
+    return ep, r
+
+
+async def test_answers_and_counts_each_verb() -> None:
+    ep, r = table()
+    await ep.serve(FakeMsg(encode_request({"a": 1})), "echo")
+    assert r.last() == {"got": {"a": 1}}
+    await ep.serve(FakeMsg(encode_request({})), "refuse")
+    with pytest.raises(ProtocolError, match="unknown agent"):
+        r.last()
+    await ep.serve(FakeMsg(encode_request({})), "bug")
+    with pytest.raises(ProtocolError, match="internal error in bug: KeyError"):
+        r.last()
+    await ep.serve(FakeMsg(encode_request({})), "nope")
+    with pytest.raises(ProtocolError, match="unknown controller request 'nope'"):
+        r.last()
+    await ep.serve(FakeMsg(b"\xc1 not msgpack"), "echo")
+    with pytest.raises(ProtocolError, match="malformed msgpack"):
+        r.last()
+    st = ep.stats()
+    assert st["unknown"] == 1
+    assert st["endpoints"]["echo"]["requests"] == 2 and st["endpoints"]["echo"]["errors"] == 1
+    assert st["endpoints"]["refuse"]["errors"] == 1
+    assert st["endpoints"]["bug"]["internal_errors"] == 1
+    assert "KeyError" in st["endpoints"]["bug"]["last_error"]
+    assert len(r.sent) == 5  # every request got a reply
+
+
+async def test_over_size_answer_becomes_an_error_and_no_reply_subject_no_send() -> None:
+    ep, r = table(max_payload=1000)
+    await ep.serve(FakeMsg(encode_request({})), "big")
+    with pytest.raises(ProtocolError, match="over NATS's max_payload"):
+        r.last()
+    assert ep.stats()["endpoints"]["big"]["too_large"] == 1
+    await ep.serve(FakeMsg(encode_request({}), reply=""), "echo")
+    assert len(r.sent) == 1
+
+
+def test_a_verb_is_added_once() -> None:
+    ep, _ = table()
+    with pytest.raises(ValueError, match="added twice"):
+        ep.add("echo", lambda p: None)  # type: ignore[arg-type,return-value]
+
+
+async def test_a_real_controller_counts_its_verbs(stack: Stack) -> None:
+    stack.start_controller()
+    await stack.wait_controller()
+    code, _ = await stack.hidsctl_json("agents", "show", "no-such-host")
+    assert code == 7
+    code, res = await stack.hidsctl_json("controllers", "endpoints")
+    assert code == 0, res
+    eps = res["controller"]["endpoints"]
+    assert eps["agents.list"]["requests"] >= 1  # wait_controller asked
+    assert eps["agents.show"]["errors"] == 1
+    assert "no-such-host" in eps["agents.show"]["last_error"]
+    assert eps["endpoints"]["requests"] == 1 and set(res["peer"]["endpoints"]) == {"query", "stats"}
+    code, out, _ = await stack.hidsctl("controllers", "endpoints")
+    assert code == 0 and "agents.show" in out
