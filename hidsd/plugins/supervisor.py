@@ -339,7 +339,7 @@ class PluginRunner:
             os.killpg(proc.pid, signal.SIGKILL)
 
     def stats(self) -> dict[str, Any]:
-        cpu, rss = 0.0, 0
+        cpu, rss, fds = 0.0, 0, 0
         if self.proc is not None and self.proc.returncode is None:
             try:
                 if self._ps is None:
@@ -347,6 +347,7 @@ class PluginRunner:
                     self._ps.cpu_percent(None)
                 cpu = self._ps.cpu_percent(None)
                 rss = self._ps.memory_info().rss
+                fds = self._ps.num_fds()  # a plugin leaking descriptors shows here
             except (psutil.Error, OSError):  # gone, or out of descriptors: no figure now
                 pass
         return {
@@ -354,6 +355,7 @@ class PluginRunner:
             "pid": self.proc.pid if self.proc and self.proc.returncode is None else None,
             "cpu_pct": round(cpu, 2),
             "rss_bytes": rss,
+            "fds": fds,
             "last_exit": self.last_exit,
             "nice": self.nice,
             "rate_factor": self.pipeline.rate_factor,

@@ -246,6 +246,28 @@ async def test_out_of_descriptors_reported_and_recovered(private_stack: Stack) -
     await obs.close()
 
 
+async def test_a_plugin_that_leaks_descriptors_hurts_only_itself(stack: Stack) -> None:
+    """The plugin fills its own descriptor table; the agent's stays small, its control channel
+    and storage are fine, and the leak is visible per plugin."""
+    obs = await stack.observer()
+    stack.start_controller()
+    await set_config(stack, '[plugins.drill]\nenabled = true\nparams = { mode = "fds" }\n')
+    agent = await stack.start_agent("fdleak-1", ["web"])
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # the agent's, and so the plugin's
+    await wait_for(lambda: plugin(obs, "fdleak-1", "drill").get("fds", 0) > soft - 10, 30,
+                   "the drill's descriptor table full")  # fmt: skip
+    st = storage(obs, "fdleak-1")
+    assert st["status"] == "ok" and st["fds_open"] < 100, st
+    for verb, mode in (("stop", "stopped"), ("resume", "running")):
+        res = await fleet(stack, verb)
+        assert res["acked_hosts"] == ["fdleak-1"], res
+        await wait_for(lambda m=mode: obs.mode("fdleak-1") == m, 10, mode)
+    await wait_for(lambda: plugin(obs, "fdleak-1", "drill").get("fds", 0) > soft - 10, 30,
+                   "leaking again after the resume")  # fmt: skip
+    assert agent.popen.poll() is None
+    await obs.close()
+
+
 def _libfaketime() -> str | None:
     """libfaketime itself: preloaded into the agent (the `faketime` command would fork and
     leave the agent a grandchild of the test)."""

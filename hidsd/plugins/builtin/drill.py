@@ -1,13 +1,15 @@
 """drill: a plugin that misbehaves on purpose, for circuit-breaker drills and tests.
 
 Params: `mode` = "burn" (busy-loop CPU for `duty` of each 100 ms, 0-1), "leak" (allocate and
-touch `mb_per_s` MB per second up to `max_mb`, then hold it) or "idle"; `after_s` seconds of
+touch `mb_per_s` MB per second up to `max_mb`, then hold it), "fds" (open descriptors until
+its own table is full, or `max_fds`, then hold them) or "idle"; `after_s` seconds of
 good behaviour first. It reports a STATUS record when it starts misbehaving, so a drill can
 see the moment in the telemetry. Records for floods come from `loadgen`.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from hidsd.plugins.builtin import Runner, run_main
@@ -41,6 +43,18 @@ def _leak(r: Runner, mb_per_s: float, max_mb: float) -> None:
         r.sleep(step)
 
 
+def _leak_fds(r: Runner, max_fds: int) -> None:
+    held: list[int] = []
+    while len(held) < max_fds:
+        try:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            break  # EMFILE: its own table is full; the agent's is not
+    r.status("fds_exhausted", held=len(held))
+    while not r.stopping:
+        r.sleep(0.5)
+
+
 def body(r: Runner) -> None:
     r.configure()
     mode = r.param_str("mode", "idle")
@@ -52,6 +66,8 @@ def body(r: Runner) -> None:
     r.status("misbehaving", mode=mode)
     if mode == "burn":
         _burn(r, min(1.0, r.param_float("duty", 1.0, 0.01)))
+    elif mode == "fds":
+        _leak_fds(r, r.param_int("max_fds", 1 << 20, 1))
     elif mode == "leak":
         _leak(r, r.param_float("mb_per_s", 20.0, 0.1), r.param_float("max_mb", 1024.0, 1.0))
     else:
