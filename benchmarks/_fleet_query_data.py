@@ -43,7 +43,7 @@ from hidsd.plugins.supervisor import RUNNER_COUNTERS
 from hidsd.plugins.telemetry import PIPELINE_COUNTERS
 from hidsd.wire import frames
 from hidsd.wire.commands import RunMode
-from hidsd.wire.heartbeat import Heartbeat
+from hidsd.wire.heartbeat import BreakerReport, ConfigReport, Heartbeat, OutputReport
 from hidsd.wire.records import DataType
 
 Row = list[str]  # [eco, name, version, arch, source, source_version]
@@ -514,14 +514,11 @@ def agent_heartbeat(host: str, seq: int, interval_s: float, bye: bool = False,
         },
         rejections={"bus.dropped_slow_consumer": 0, "bus.reconnects": rnd.randint(0, 3)},
         bye=bye,
-        config={"versions": {"fleet": 12, "group:bench": 3}, "fingerprint": "9f2c1e0a7b3d4c55",
-                "status": "ok", "error": None, "rejected": None},
+        config=ConfigReport({"fleet": 12, "group:bench": 3}, "9f2c1e0a7b3d4c55", "ok"),
         plugins={p: _plugin_stats(rnd, p) for p in PLUGINS},
-        breaker={"state": "normal", "since_s": 86400.0, "reason": "", "level": 0,
-                 "resource": None, "held": [], "hold_all": False, "denylist": {},
-                 "strikes": {}, "transitions": 0, "enabled": True,
-                 "accounting": {"mode": "cgroup-v2", "detail": "hidsd.slice"}},
-        outputs={"inventory": {"offered": 3, "published": 3, "pending": 0, "last_error": ""}},
+        breaker=BreakerReport("normal", 86400.0, accounting_mode="cgroup-v2",
+                              accounting_detail="hidsd.slice"),
+        outputs={"inventory": OutputReport({"offered": 3, "published": 3}, 0, "")},
     )  # fmt: skip
 
 

@@ -466,7 +466,7 @@ class Bench:
             for at, hb in reversed(self.obs.heartbeats):
                 if at < since:
                     return False
-                if (hb.config.get("versions") or {}).get("fleet") == version:
+                if hb.config.versions.get("fleet") == version:
                     return True
             return False
 
@@ -487,9 +487,12 @@ class Bench:
 
 
 def breaker_summary(hb: Heartbeat | None) -> dict[str, Any]:
-    b = hb.breaker if hb is not None else {}
-    return {"state": b.get("state"), "accounting": b.get("accounting"),
-            **({"limits_error": b["limits_error"]} if "limits_error" in b else {})}  # fmt: skip
+    b = hb.breaker if hb is not None else None
+    if b is None:
+        return {"state": None, "accounting": None}
+    return {"state": b.state, "accounting": {"mode": b.accounting_mode,
+                                             "detail": b.accounting_detail},
+            **({"limits_error": b.limits_error} if b.limits_error else {})}  # fmt: skip
 
 
 async def phase_idle(bench: Bench, agent: AgentProc) -> dict[str, Any]:

@@ -105,7 +105,7 @@ class HeartbeatService:
             config=a.config.report(),
             plugins=a.supervisor.stats(),
             breaker=a.breaker.report(),
-            outputs={"inventory": a.latest.stats()},
+            outputs={"inventory": a.latest.report()},
             storage=a.health.report(),
             clock=a.policy.clock_report(),
         )

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
+from hidsd.wire.heartbeat import BreakerReport, DenylistEntry
+
 
 class BreakerState(StrEnum):
     NORMAL = "normal"
@@ -246,23 +248,23 @@ class Breaker:
         doubled = self.cfg.cooldown_s * float(2 ** max(0, self.strikes - 1))
         return min(self.cfg.cooldown_max_s, doubled)
 
-    def report(self, now: float, wall: float) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "since_s": round(now - self.since, 1),
-            "reason": self.reason,
-            "level": self.last.level,
-            "resource": self.last.resource.value if self.last.resource else None,
-            "held": sorted(self.held) if not self.hold_all else ["*", *sorted(self.restored)],
-            "hold_all": self.hold_all,
-            "denylist": {
-                n: {"until": u, "in_s": round(max(0.0, u - wall)), "reason": r}
+    def report(self, now: float, wall: float) -> BreakerReport:
+        return BreakerReport(
+            state=self.state.value,
+            since_s=round(now - self.since, 1),
+            reason=self.reason,
+            level=self.last.level,
+            resource=self.last.resource.value if self.last.resource else None,
+            held=tuple(sorted(self.held) if not self.hold_all else ["*", *sorted(self.restored)]),
+            hold_all=self.hold_all,
+            denylist={
+                n: DenylistEntry(u, round(max(0.0, u - wall)), r)
                 for n, (u, r) in sorted(self.denylist.items())
             },
-            "strikes": self.strikes,
-            "transitions": self.transitions,
-            "enabled": self.cfg.enabled,
-        }
+            strikes=self.strikes,
+            transitions=self.transitions,
+            enabled=self.cfg.enabled,
+        )
 
     # ------------------------------------------------------------------ operator
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from hidsd.plugins.cgroups import (
     open_resource_control,
 )
 from hidsd.plugins.supervisor import Supervisor
+from hidsd.wire.heartbeat import BreakerReport
 
 DENYLIST_FILE = "breaker-denylist.json"
 #: the distinct exit code of an agent whose breaker tripped with `on_trip = "exit"`
@@ -222,14 +224,14 @@ class BreakerService:
 
     # ------------------------------------------------------------------ report / persistence
 
-    def report(self) -> dict[str, Any]:
-        b = self.breaker
-        out = b.report(self.clock(), time.time())
+    def report(self) -> BreakerReport:
         s = self.resources
-        out["accounting"] = {"mode": s.mode.value, "detail": s.detail}
-        if self.limits_error:
-            out["limits_error"] = self.limits_error
-        return out
+        return replace(
+            self.breaker.report(self.clock(), time.time()),
+            accounting_mode=s.mode.value,
+            accounting_detail=s.detail,
+            limits_error=self.limits_error,
+        )
 
     @property
     def state(self) -> BreakerState:

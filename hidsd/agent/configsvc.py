@@ -24,6 +24,7 @@ from hidsd.base.storage import StorageHealth
 from hidsd.bus.store import WatchEvent
 from hidsd.wire import dynconfig
 from hidsd.wire.configstore import decode_config_pointer, decode_config_version
+from hidsd.wire.heartbeat import ConfigRejection, ConfigReport
 from hidsd.wire.names import KeyLayout
 
 LAST_GOOD_FILE = "config-last-good.json"
@@ -90,14 +91,15 @@ class ConfigService:
 
     # ------------------------------------------------------------------ reporting
 
-    def report(self) -> dict[str, Any]:
-        return {
-            "versions": dict(self.versions),
-            "fingerprint": self.fingerprint,
-            "status": self.status,
-            "error": self.error,
-            "rejected": self.rejected,
-        }
+    def report(self) -> ConfigReport:
+        r = self.rejected
+        return ConfigReport(
+            versions=dict(self.versions),
+            fingerprint=self.fingerprint,
+            status=self.status,
+            error=self.error or "",
+            rejected=None if r is None else ConfigRejection(r["scope"], r["version"], r["error"]),
+        )
 
     # ------------------------------------------------------------------ last good
 

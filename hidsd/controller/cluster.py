@@ -54,10 +54,10 @@ def _significant(hb: Heartbeat) -> int:
     """What views show that changes rarely: forward the body when this changes."""
     plugins = tuple(sorted((n, str(p.get("state"))) for n, p in hb.plugins.items()
                            if isinstance(p, dict)))  # fmt: skip
-    cfg = hb.config or {}
+    cfg = hb.config
     return hash((hb.mode, hb.applied_rev, hb.held, hb.groups, hb.version,
-                 str(cfg.get("fingerprint")), str(cfg.get("status")), str(cfg.get("versions")),
-                 str((hb.breaker or {}).get("state")), plugins, hb.interval_s,
+                 cfg.fingerprint, cfg.status, str(sorted(cfg.versions.items())),
+                 hb.breaker.state if hb.breaker else None, plugins, hb.interval_s,
                  hb.storage.status if hb.storage else None, hb.storage.path if hb.storage else "",
                  hb.clock.refused_expired, hb.clock.refused_not_yet_valid))  # fmt: skip
 

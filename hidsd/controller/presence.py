@@ -112,8 +112,8 @@ class AgentRecord:
                 rejections=hb.rejections,
                 seq=hb.seq,
                 plugins=hb.plugins,
-                config=hb.config,
-                breaker=hb.breaker,
+                config=hb.config.to_map(),
+                breaker=hb.breaker.to_map() if hb.breaker is not None else {},
                 storage=storage_to_map(hb.storage) if hb.storage is not None else None,
                 clock=hb.clock.to_map(),
             )

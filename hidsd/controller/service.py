@@ -398,8 +398,8 @@ class Controller:
             hb = rec.heartbeat
             if hb is None:
                 continue
-            cfg = hb.config or {}
-            running = {str(k): v for k, v in (cfg.get("versions") or {}).items()}
+            cfg = hb.config
+            running = dict(cfg.versions)
             want: dict[str, int] | None = None
             if pointers is not None:
                 labels = ["fleet", *(f"group:{g}" for g in hb.groups), f"host:{rec.host}"]
@@ -410,9 +410,9 @@ class Controller:
                 "running": running,
                 "desired": want,
                 "converged": None if want is None else running == want,
-                "status": cfg.get("status", "unknown"),
-                "rejected": cfg.get("rejected"),
-                "fingerprint": cfg.get("fingerprint"),
+                "status": cfg.status,
+                "rejected": cfg.to_map()["rejected"],
+                "fingerprint": cfg.fingerprint or None,
             })  # fmt: skip
         return {"store_ok": pointers is not None, "current": pointers or {}, "agents": rows}
 

@@ -27,6 +27,7 @@ from hidsd.base.errors import NotPublishable
 from hidsd.base.files import write_atomic
 from hidsd.base.storage import FD_ERRNOS, StorageHealth
 from hidsd.wire import frames
+from hidsd.wire.heartbeat import OutputReport
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
 #: always reported, zero or not
@@ -466,3 +467,6 @@ class LatestPublisher:
 
     def stats(self) -> dict[str, Any]:
         return {**dict(self.counters), "pending": len(self.pending), "last_error": self.last_error}
+
+    def report(self) -> OutputReport:
+        return OutputReport(dict(self.counters), len(self.pending), self.last_error)

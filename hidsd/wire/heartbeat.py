@@ -1,4 +1,4 @@
-"""The heartbeat and its typed reports (storage, clock).
+"""The heartbeat and its typed reports (config, breaker, outputs, storage, clock).
 
 Pure: no I/O, no state; every decoder takes untrusted bytes and returns a validated value
 or raises `ProtocolError`."""
@@ -11,13 +11,181 @@ from typing import Any
 from hidsd.base.errors import ProtocolError
 from hidsd.base.storage import StorageReport, StorageStatus
 from hidsd.wire.codec import finite, get_field, optional_int, optional_map, pack, unpack
-from hidsd.wire.commands import (
-    RunMode,
-)
-from hidsd.wire.names import (
-    PROTOCOL_VERSION,
-    check_name,
-)
+from hidsd.wire.commands import RunMode
+from hidsd.wire.names import PROTOCOL_VERSION, check_name
+
+_CFG = "heartbeat.config"
+_BRK = "heartbeat.breaker"
+_OUT = "heartbeat.outputs"
+
+
+def _int_map(m: dict[str, Any], name: str, what: str) -> dict[str, int]:
+    value = get_field(m, name, dict, what)
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, int) or isinstance(v, bool):
+            raise ProtocolError(f"{what}: {name} must map names to numbers", field=name)
+    return dict(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRejection:
+    """The config version an agent refused, and why (the last good one stays in force)."""
+
+    scope: str
+    version: int | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReport:
+    """Which config versions an agent runs and whether the newest was applied."""
+
+    #: scope label (fleet, group:G, host:H) -> version in force
+    versions: dict[str, int] = field(default_factory=dict)
+    fingerprint: str = ""
+    #: bootstrap | last_good | ok | rejected
+    status: str = "unknown"
+    error: str = ""
+    rejected: ConfigRejection | None = None
+
+    def to_map(self) -> dict[str, Any]:
+        r = self.rejected
+        return {"versions": dict(self.versions), "fingerprint": self.fingerprint,
+                "status": self.status, "error": self.error,
+                "rejected": None if r is None else {"scope": r.scope, "version": r.version,
+                                                    "error": r.error}}  # fmt: skip
+
+    @classmethod
+    def from_map(cls, m: Any) -> ConfigReport:
+        if not isinstance(m, dict):
+            raise ProtocolError(f"{_CFG}: expected a map", field="config")
+        if not m:
+            return cls()  # an agent that has not reported one yet
+        rej = m.get("rejected")
+        rejected = None
+        if rej is not None:
+            if not isinstance(rej, dict):
+                raise ProtocolError(f"{_CFG}: rejected must be a map", field="config")
+            rejected = ConfigRejection(
+                scope=get_field(rej, "scope", str, _CFG),
+                version=optional_int(rej, "version", _CFG),
+                error=get_field(rej, "error", str, _CFG),
+            )
+        error = m.get("error") or ""
+        if not isinstance(error, str):
+            raise ProtocolError(f"{_CFG}: error must be text", field="config")
+        return cls(
+            versions=_int_map(m, "versions", _CFG),
+            fingerprint=str(m.get("fingerprint") or ""),
+            status=get_field(m, "status", str, _CFG),
+            error=error,
+            rejected=rejected,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DenylistEntry:
+    until: float
+    in_s: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerReport:
+    """The circuit breaker as the heartbeat carries it."""
+
+    state: str
+    since_s: float
+    reason: str = ""
+    level: int = 0
+    resource: str | None = None
+    held: tuple[str, ...] = ()
+    hold_all: bool = False
+    denylist: dict[str, DenylistEntry] = field(default_factory=dict)
+    strikes: int = 0
+    transitions: int = 0
+    enabled: bool = True
+    #: psutil, cgroup-v1 or cgroup-v2, and why
+    accounting_mode: str = ""
+    accounting_detail: str = ""
+    limits_error: str = ""
+
+    def to_map(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "state": self.state, "since_s": self.since_s, "reason": self.reason,
+            "level": self.level, "resource": self.resource, "held": list(self.held),
+            "hold_all": self.hold_all,
+            "denylist": {n: {"until": d.until, "in_s": d.in_s, "reason": d.reason}
+                         for n, d in self.denylist.items()},
+            "strikes": self.strikes, "transitions": self.transitions, "enabled": self.enabled,
+            "accounting": {"mode": self.accounting_mode, "detail": self.accounting_detail},
+        }  # fmt: skip
+        if self.limits_error:
+            out["limits_error"] = self.limits_error
+        return out
+
+    @classmethod
+    def from_map(cls, m: Any) -> BreakerReport | None:
+        if not isinstance(m, dict):
+            raise ProtocolError(f"{_BRK}: expected a map", field="breaker")
+        if not m:
+            return None
+        held = get_field(m, "held", list, _BRK)
+        if not all(isinstance(h, str) for h in held):
+            raise ProtocolError(f"{_BRK}: held must be names", field="breaker")
+        deny: dict[str, DenylistEntry] = {}
+        for name, d in get_field(m, "denylist", dict, _BRK).items():
+            if not isinstance(name, str) or not isinstance(d, dict):
+                raise ProtocolError(f"{_BRK}: denylist maps names to entries", field="breaker")
+            in_s = int(get_field(d, "in_s", int, _BRK))
+            deny[name] = DenylistEntry(
+                finite(d, "until", _BRK), in_s, get_field(d, "reason", str, _BRK)
+            )
+        acc = m.get("accounting") or {}
+        if not isinstance(acc, dict):
+            raise ProtocolError(f"{_BRK}: accounting must be a map", field="breaker")
+        resource = m.get("resource")
+        if resource is not None and not isinstance(resource, str):
+            raise ProtocolError(f"{_BRK}: resource must be text", field="breaker")
+        return cls(
+            state=get_field(m, "state", str, _BRK),
+            since_s=finite(m, "since_s", _BRK),
+            reason=get_field(m, "reason", str, _BRK),
+            level=get_field(m, "level", int, _BRK),
+            resource=resource,
+            held=tuple(held),
+            hold_all=get_field(m, "hold_all", bool, _BRK),
+            denylist=deny,
+            strikes=get_field(m, "strikes", int, _BRK),
+            transitions=get_field(m, "transitions", int, _BRK),
+            enabled=get_field(m, "enabled", bool, _BRK),
+            accounting_mode=str(acc.get("mode", "")),
+            accounting_detail=str(acc.get("detail", "")),
+            limits_error=str(m.get("limits_error") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutputReport:
+    """An output other than telemetry (the inventory stream): its counters and backlog."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    pending: int = 0
+    last_error: str = ""
+
+    def to_map(self) -> dict[str, Any]:
+        return {**self.counters, "pending": self.pending, "last_error": self.last_error}
+
+    @classmethod
+    def from_map(cls, m: Any) -> OutputReport:
+        if not isinstance(m, dict):
+            raise ProtocolError(f"{_OUT}: expected a map", field="outputs")
+        counters = {k: v for k, v in m.items() if k not in ("pending", "last_error")}
+        if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                   for k, v in counters.items()):  # fmt: skip
+            raise ProtocolError(f"{_OUT}: counters must be numbers", field="outputs")
+        return cls(counters, int(get_field(m, "pending", int, _OUT)),
+                   str(m.get("last_error") or ""))  # fmt: skip
 
 
 def storage_to_map(r: StorageReport) -> dict[str, Any]:
@@ -104,15 +272,13 @@ class Heartbeat:
     facts: dict[str, Any] = field(default_factory=dict)
     rejections: dict[str, int] = field(default_factory=dict)
     bye: bool = False
-    #: {"versions": {scope label: version}, "fingerprint", "status": ok|rejected, "error"}
-    config: dict[str, Any] = field(default_factory=dict)
+    config: ConfigReport = field(default_factory=ConfigReport)
     #: per plugin: state, pid, cpu, rss, records, drops (every drop counted), spool
     plugins: dict[str, Any] = field(default_factory=dict)
-    #: the circuit breaker: state, reason, held plugins, denylist, accounting mode (psutil or
-    #: cgroup-v1/v2, and why)
-    breaker: dict[str, Any] = field(default_factory=dict)
-    #: outputs other than telemetry, e.g. {"inventory": {published, pending, failures, ...}}
-    outputs: dict[str, Any] = field(default_factory=dict)
+    #: the circuit breaker (None: not reported)
+    breaker: BreakerReport | None = None
+    #: outputs other than telemetry, e.g. {"inventory": ...}
+    outputs: dict[str, OutputReport] = field(default_factory=dict)
     #: the data dir and descriptors: ok / full / read-only / error, with the path (None:
     #: an agent from before this field)
     storage: StorageReport | None = None
@@ -157,10 +323,10 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
             "facts": hb.facts,
             "rejections": hb.rejections,
             "bye": hb.bye,
-            "config": hb.config,
+            "config": hb.config.to_map(),
             "plugins": hb.plugins,
-            "breaker": hb.breaker,
-            "outputs": hb.outputs,
+            "breaker": hb.breaker.to_map() if hb.breaker is not None else {},
+            "outputs": {name: o.to_map() for name, o in hb.outputs.items()},
             **({"storage": storage_to_map(hb.storage)} if hb.storage is not None else {}),
             "clock": hb.clock.to_map(),
         }
@@ -202,10 +368,10 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
         facts=values["facts"],
         rejections=rejections,
         bye=values["bye"],
-        config=optional_map(m, "config"),
+        config=ConfigReport.from_map(optional_map(m, "config")),
         plugins=optional_map(m, "plugins"),
-        breaker=optional_map(m, "breaker"),
-        outputs=optional_map(m, "outputs"),
+        breaker=BreakerReport.from_map(optional_map(m, "breaker")),
+        outputs={str(k): OutputReport.from_map(v) for k, v in optional_map(m, "outputs").items()},
         storage=storage_from_map(m["storage"]) if "storage" in m else None,
         clock=ClockReport.from_map(m["clock"]) if "clock" in m else ClockReport(),
     )

@@ -217,8 +217,8 @@ def test_report_shape(clock: Clock) -> None:
     clock.run(6, calm())
     clock.run(3, {**calm(), "drill": load(mb=500)})
     r = clock.b.report(clock.t, 1000.0 + clock.t)
-    assert r["state"] == "tripped" and r["hold_all"] and r["held"] == ["*"]
-    assert r["denylist"]["drill"]["in_s"] == 100 and r["strikes"] == 1
+    assert r.state == "tripped" and r.hold_all and r.held == ("*",)
+    assert r.denylist["drill"].in_s == 100 and r.strikes == 1
 
 
 def test_a_plugin_pinned_at_its_cgroup_cap_is_throttled_then_shed(clock: Clock) -> None:

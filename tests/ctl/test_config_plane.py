@@ -140,12 +140,12 @@ async def test_agents_hot_reload_and_report_versions(stack: Stack) -> None:
         await stack.wait_online("hr-1", "hr-2")
         assert '"level": "debug"' not in a.output()
         await _set(stack, "group:web", 'log_level = "debug"\nheartbeat_s = 0.3\n')
-        await wait_for(lambda: obs.heartbeats["hr-1"].config.get("versions") == {"group:web": 1},
+        await wait_for(lambda: obs.heartbeats["hr-1"].config.versions == {"group:web": 1},
                        10, "hr-1 reports group:web v1")  # fmt: skip
         assert obs.heartbeats["hr-1"].interval_s == 0.3
         await wait_for(lambda: '"level": "debug"' in a.output(), 10, "debug lines after reload")
         assert "config_hot_reloaded" in a.output()
-        assert obs.heartbeats["hr-2"].config["versions"] == {}
+        assert obs.heartbeats["hr-2"].config.versions == {}
         assert obs.heartbeats["hr-2"].interval_s == 0.5  # untouched: not in group web
 
         code, st = await stack.hidsctl_json("config", "status")
@@ -164,7 +164,7 @@ async def test_corrupt_value_in_etcd_is_rejected_and_last_good_kept(stack: Stack
     try:
         await stack.wait_online("cv-1")
         await _set(stack, "host:cv-1", "heartbeat_s = 0.4\n")
-        await wait_for(lambda: obs.heartbeats["cv-1"].config.get("versions") == {"host:cv-1": 1})
+        await wait_for(lambda: obs.heartbeats["cv-1"].config.versions == {"host:cv-1": 1})
         # Someone writes garbage straight into etcd, around hidsctl's validation.
         key = stack.keys.config_current(Scope.HOST, "cv-1")
         proc = await asyncio.create_subprocess_exec(
@@ -174,10 +174,11 @@ async def test_corrupt_value_in_etcd_is_rejected_and_last_good_kept(stack: Stack
         )  # fmt: skip
         _, stderr = await proc.communicate()
         assert proc.returncode == 0, stderr
-        await wait_for(lambda: obs.heartbeats["cv-1"].config.get("status") == "rejected", 10)
+        await wait_for(lambda: obs.heartbeats["cv-1"].config.status == "rejected", 10)
         cfg = obs.heartbeats["cv-1"].config
-        assert cfg["rejected"]["scope"] == "host:cv-1" and "corrupt" in cfg["rejected"]["error"]
-        assert cfg["versions"] == {"host:cv-1": 1}  # the last good stays in force
+        assert cfg.rejected is not None and cfg.rejected.scope == "host:cv-1"
+        assert "corrupt" in cfg.rejected.error
+        assert cfg.versions == {"host:cv-1": 1}  # the last good stays in force
         assert obs.heartbeats["cv-1"].interval_s == 0.4
 
         code, st = await stack.hidsctl_json("config", "status")
@@ -189,7 +190,7 @@ async def test_corrupt_value_in_etcd_is_rejected_and_last_good_kept(stack: Stack
 
         # A valid version repairs it.
         await _set(stack, "host:cv-1", "heartbeat_s = 0.6\n")
-        await wait_for(lambda: obs.heartbeats["cv-1"].config.get("status") == "ok", 10)
+        await wait_for(lambda: obs.heartbeats["cv-1"].config.status == "ok", 10)
         assert obs.heartbeats["cv-1"].interval_s == 0.6
     finally:
         await obs.close()
@@ -204,7 +205,7 @@ async def test_etcd_down_agents_keep_last_good_and_converge_when_back(
         a = await s.start_agent("ed-1", ["web"], resync_s=1.0)
         await wait_for(lambda: "ed-1" in obs.heartbeats, 20)
         await _set(s, "fleet", "heartbeat_s = 0.3\n")
-        await wait_for(lambda: obs.heartbeats["ed-1"].config.get("versions") == {"fleet": 1})
+        await wait_for(lambda: obs.heartbeats["ed-1"].config.versions == {"fleet": 1})
         s.etcd.stop()
         # The agent keeps working on its config; restarted while etcd is down, it starts
         # from the last good config on disk.
@@ -213,17 +214,17 @@ async def test_etcd_down_agents_keep_last_good_and_converge_when_back(
         await s.start_agent("ed-1", ["web"], resync_s=1.0)
         await wait_for(
             lambda: "ed-1" in obs.heartbeats and not obs.heartbeats["ed-1"].bye
-            and obs.heartbeats["ed-1"].config.get("status") == "last_good",
+            and obs.heartbeats["ed-1"].config.status == "last_good",
             20, "restarted agent reports its last good config",
         )  # fmt: skip
         hb = obs.heartbeats["ed-1"]
-        assert hb.config["versions"] == {"fleet": 1}
+        assert hb.config.versions == {"fleet": 1}
         assert hb.interval_s == 0.3 and hb.facts["store_ok"] is False
         s.etcd.restart()
         await _set(s, "fleet", "heartbeat_s = 0.35\n")
-        await wait_for(lambda: obs.heartbeats["ed-1"].config.get("versions") == {"fleet": 2},
+        await wait_for(lambda: obs.heartbeats["ed-1"].config.versions == {"fleet": 2},
                        20, "converged after etcd came back")  # fmt: skip
-        assert obs.heartbeats["ed-1"].config["status"] == "ok"
+        assert obs.heartbeats["ed-1"].config.status == "ok"
     finally:
         await obs.close()
 

@@ -20,7 +20,13 @@ from hidsd.wire.configstore import (
     encode_config_pointer,
     encode_config_version,
 )
-from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat, encode_heartbeat
+from hidsd.wire.heartbeat import (
+    ConfigRejection,
+    ConfigReport,
+    Heartbeat,
+    decode_heartbeat,
+    encode_heartbeat,
+)
 from hidsd.wire.names import FLEET_TARGET, KeyLayout, Scope, parse_scope
 from hidsd.wire.rpc import decode_event, encode_event
 
@@ -533,11 +539,17 @@ def hb_map(**overrides: Any) -> dict[str, Any]:
     return m
 
 
-CONFIG = {
+CONFIG = ConfigReport(
+    versions={"fleet": 3, "group:web": 1, "host:web-1": 2},
+    fingerprint="0123456789abcdef",
+    status="ok",
+)
+CONFIG_MAP = {
     "versions": {"fleet": 3, "group:web": 1, "host:web-1": 2},
     "fingerprint": "0123456789abcdef",
     "status": "ok",
     "error": "",
+    "rejected": None,
 }
 
 
@@ -549,27 +561,31 @@ def test_heartbeat_with_config_round_trips() -> None:
 
 
 def test_heartbeat_with_rejected_config() -> None:
-    cfg = {"versions": {"fleet": 4}, "status": "rejected", "error": "heartbeat_s: bad"}
-    assert decode_heartbeat(pack(hb_map(config=cfg))).config == cfg
+    cfg = {"versions": {"fleet": 4}, "status": "rejected", "error": "heartbeat_s: bad",
+           "rejected": {"scope": "fleet", "version": 5, "error": "heartbeat_s: bad"}}  # fmt: skip
+    back = decode_heartbeat(pack(hb_map(config=cfg))).config
+    assert back.status == "rejected" and back.versions == {"fleet": 4}
+    assert back.rejected == ConfigRejection("fleet", 5, "heartbeat_s: bad")
+    assert back.to_map()["rejected"] == cfg["rejected"]
 
 
 def test_heartbeat_encodes_config_field() -> None:
-    assert hb_map()["config"] == {}
-    assert msgpack.unpackb(encode_heartbeat(make_heartbeat(config=CONFIG)))["config"] == CONFIG
+    assert hb_map()["config"]["status"] == "unknown"
+    assert msgpack.unpackb(encode_heartbeat(make_heartbeat(config=CONFIG)))["config"] == CONFIG_MAP
 
 
 def test_heartbeat_without_config_field_defaults_to_empty() -> None:
     m = without(hb_map(), "config")
     assert "config" not in m
     back = decode_heartbeat(pack(m))
-    assert back.config == {}
+    assert back.config == ConfigReport()
     assert back.host == "web-1"
 
 
 def test_heartbeat_without_config_and_plugins_fields() -> None:
     m = without(without(hb_map(), "config"), "plugins")
     back = decode_heartbeat(pack(m))
-    assert back.config == {}
+    assert back.config == ConfigReport()
     assert back.plugins == {}
     assert back == make_heartbeat()
 
@@ -577,8 +593,22 @@ def test_heartbeat_without_config_and_plugins_fields() -> None:
 def test_heartbeat_default_config_is_not_shared() -> None:
     a = decode_heartbeat(pack(without(hb_map(), "config")))
     b = decode_heartbeat(pack(without(hb_map(), "config")))
-    a.config["x"] = 1
-    assert b.config == {}
+    a.config.versions["x"] = 1
+    assert b.config.versions == {}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"versions": {"fleet": "3"}, "status": "ok"},
+        {"versions": {}, "status": 1},
+        {"versions": {}, "status": "ok", "rejected": "fleet"},
+        {"versions": {}, "status": "ok", "rejected": {"scope": "fleet"}},
+    ],
+)
+def test_heartbeat_malformed_config_report(value: Any) -> None:
+    with pytest.raises(ProtocolError):
+        decode_heartbeat(pack(hb_map(config=value)))
 
 
 @pytest.mark.parametrize("value", [None, [], ["versions"], "ok", 1, True, b"\x00"])
