@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,18 +26,20 @@ from hidsd import __version__
 from hidsd.base.errors import HidsError, ProtocolError
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
+from hidsd.controller.acks import AckLedger
 from hidsd.controller.cluster import Cluster, owner
 from hidsd.controller.endpoints import Endpoints
 from hidsd.controller.inventory import InventoryIndex
-from hidsd.controller.presence import CLOCK_SKEW_WARN_S, HeartbeatMeta, Liveness, Presence
-from hidsd.wire.commands import Ack, decode_ack
+from hidsd.controller.presence import HeartbeatMeta, Liveness, Presence
+from hidsd.controller.queries import match_to_wire, merge_query, ranges_from_wire
+from hidsd.controller.views import fleet_summary, host_desired_revision
+from hidsd.wire.commands import decode_ack
 from hidsd.wire.configstore import decode_config_pointer
 from hidsd.wire.heartbeat import decode_heartbeat
 from hidsd.wire.names import CONTROLLER_QUEUE, KeyLayout, Scope, Subjects
 from hidsd.wire.rpc import decode_event
 
 #: How many commands' acks the ledger keeps (oldest evicted first, and counted).
-LEDGER_SIZE = 1024
 #: heartbeats and acks: each to one controller of this queue group
 INGEST_QUEUE = "hidsd-ingest"
 #: a host's package list, decompressed, may not exceed this (a zlib bomb is refused)
@@ -70,53 +72,6 @@ class ControllerSettings:
     sync_flush_s: float = 0.25
     #: fault injection for tests: hold each query share this long (0 = off)
     test_share_delay_s: float = 0.0
-
-
-class AckLedger:
-    """Acks per command, bounded; what falls off the end is counted."""
-
-    def __init__(self, size: int = LEDGER_SIZE) -> None:
-        self.size = size
-        self.commands: OrderedDict[str, dict[str, Ack]] = OrderedDict()
-        self.evicted = 0
-
-    def record(self, ack: Ack) -> None:
-        acks = self.commands.get(ack.cmd_id)
-        if acks is None:
-            acks = self.commands[ack.cmd_id] = {}
-            while len(self.commands) > self.size:
-                self.commands.popitem(last=False)
-                self.evicted += 1
-        acks[ack.host] = ack
-
-    def get(self, cmd_id: str) -> dict[str, Ack] | None:
-        return self.commands.get(cmd_id)
-
-
-def ranges_from_wire(wire: list[Any]) -> list[Any]:
-    """Ranges as hidsctl sends them, re-parsed (never trusted as already valid)."""
-    from dataclasses import replace
-
-    from hidsd.wire.ranges import parse_vers
-
-    out = []
-    for r in wire:
-        rng = parse_vers(str(r["spec"]), str(r["package"]))
-        out.append(replace(rng, distro=r.get("distro"), release=r.get("release"),
-                           source=str(r.get("source", ""))))  # fmt: skip
-    return out
-
-
-def match_to_wire(m: Any) -> dict[str, Any]:
-    return {"ecosystem": m.ecosystem, "package": m.package, "version": m.version,
-            "range": m.range_spec, "source": m.source}  # fmt: skip
-
-
-def host_desired_revision(
-    keys: KeyLayout, revisions: dict[str, int], host: str, groups: tuple[str, ...]
-) -> int:
-    """The newest desired-state revision that governs one host (0 if none is written)."""
-    return max((revisions.get(k, 0) for k in keys.applicable(host, groups)), default=0)
 
 
 class Controller:
@@ -312,48 +267,7 @@ class Controller:
 
     async def h_fleet_status(self, params: dict[str, Any]) -> Any:
         revisions = await self._desired_revisions()
-        agents = self._agent_view(revisions, time.time())
-        online = [a for a in agents if a["liveness"] == "online"]
-        by_mode = Counter(a.get("mode", "unknown") for a in online)
-        by_breaker = Counter(a.get("breaker", {}).get("state", "unknown") for a in online)
-        breaker_not_normal = {
-            a["host"]: {
-                "state": a["breaker"].get("state"),
-                "reason": a["breaker"].get("reason"),
-                "denylist": sorted(a["breaker"].get("denylist", {})),
-            }
-            for a in online
-            if a.get("breaker", {}).get("state", "normal") != "normal"
-        }
-        lagging = sorted(a["host"] for a in agents if a["converged"] is False)
-        storage_not_ok = {
-            a["host"]: {k: a["storage"][k] for k in ("status", "path", "error")}
-            for a in online
-            if (a.get("storage") or {}).get("status", "ok") != "ok"
-        }
-        clock_skewed = {
-            a["host"]: a["clock_skew_s"]
-            for a in online
-            if a.get("clock_skew_s") is not None and abs(a["clock_skew_s"]) > CLOCK_SKEW_WARN_S
-        }
-        return {
-            "agents": len(agents),
-            "online": len(online),
-            "offline": len(agents) - len(online),
-            "offline_hosts": sorted(a["host"] for a in agents if a["liveness"] == "offline"),
-            "by_mode": dict(by_mode),
-            "by_breaker": dict(by_breaker),
-            "breaker_not_normal": breaker_not_normal,
-            "by_storage": dict(
-                Counter((a.get("storage") or {}).get("status", "unknown") for a in online)
-            ),
-            "storage_not_ok": storage_not_ok,
-            "clock_skewed": clock_skewed,
-            "held": sorted(a["host"] for a in agents if a.get("held")),
-            "not_converged": lagging,
-            "store_ok": revisions is not None,
-            "desired": revisions or {},
-        }
+        return fleet_summary(self._agent_view(revisions, time.time()), revisions)
 
     async def h_expected(self, params: dict[str, Any]) -> Any:
         try:
@@ -685,62 +599,8 @@ class Controller:
             raise ProtocolError(f"query: {getattr(exc, 'message', exc)}") from exc
         started = time.monotonic()
         results, how = await self.cluster.scatter("query", {"ranges": wire}, self._query_share)
-        return self._merge_query(results, how, max_age, started)
-
-    def _merge_query(
-        self, results: dict[str, Any], how: dict[str, str], max_age: float, started: float
-    ) -> dict[str, Any]:
-        now = time.time()
-        evaluated: dict[str, float | None] = {}
-        matches: dict[str, list[dict[str, Any]]] = {}
-        uncomparable: dict[str, list[Any]] = {}
-        counters: Counter[str] = Counter()
-        shards = []
-        for mid, res in results.items():
-            evaluated.update(res["evaluated"])
-            matches.update(res["matches"])
-            uncomparable.update(res.get("uncomparable", {}))
-            counters.update(res.get("counters", {}))
-            shards.append({"member": mid, "controller": res.get("controller"),
-                           "hosts": len(res["evaluated"]), "how": how.get(mid, "?")})  # fmt: skip
-        universe = sorted(set(evaluated) | set(self.presence.agents))
-        out: dict[str, list[dict[str, Any]]] = {"matched": [], "clean": [], "no_answer": []}
-        for host in universe:
-            rec = self.presence.agents.get(host)
-            live = rec.liveness.value if rec is not None else "unknown"
-            at = evaluated.get(host)
-            if at is None:
-                out["no_answer"].append({"host": host, "liveness": live,
-                                         "reason": "no inventory reported"})  # fmt: skip
-                continue
-            age = round(now - at, 1)
-            if live == "online" and age > max_age:
-                out["no_answer"].append({"host": host, "liveness": live, "inventory_age_s": age,
-                                         "reason": f"inventory {age:.0f}s old, over max age "
-                                                   f"{max_age:.0f}s"})  # fmt: skip
-                continue
-            row: dict[str, Any] = {"host": host, "liveness": live, "inventory_age_s": age}
-            if host not in matches and host in uncomparable:
-                what = ", ".join(f"{p} {v}" for p, v in uncomparable[host])
-                out["no_answer"].append({**row, "reason": f"cannot compare installed {what} "
-                                                          "with the range"})  # fmt: skip
-                continue
-            if host in matches:
-                out["matched"].append({**row, "packages": matches[host]})
-            else:
-                out["clean"].append(row)
-        answered = out["matched"] + out["clean"]
-        counts = {
-            "hosts": len(universe),
-            "answered": len(answered),
-            "matched": len(out["matched"]),
-            "clean": len(out["clean"]),
-            "offline_answered": sum(r["liveness"] != "online" for r in answered),
-            "no_answer": len(out["no_answer"]),
-        }
-        return {**out, "counts": counts, "shards": shards, "counters": dict(counters),
-                "complete": not out["no_answer"], "elapsed_ms": round(
-                    (time.monotonic() - started) * 1000, 2)}  # fmt: skip
+        liveness = {h: r.liveness.value for h, r in self.presence.agents.items()}
+        return merge_query(results, how, liveness, max_age, started, time.time())
 
     async def _sweep(self) -> None:
         while True:

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from hidsd.controller.acks import AckLedger
 from hidsd.controller.presence import AGENT_CLIENT_PREFIX, Liveness, Presence
-from hidsd.controller.service import AckLedger, host_desired_revision
+from hidsd.controller.views import host_desired_revision
 from hidsd.wire.commands import Ack, AckStatus, RunMode
 from hidsd.wire.heartbeat import Heartbeat
 from hidsd.wire.names import FLEET_TARGET, KeyLayout, Scope
