@@ -43,7 +43,7 @@ from hidsd.plugins.supervisor import RUNNER_COUNTERS
 from hidsd.plugins.telemetry import PIPELINE_COUNTERS
 from hidsd.wire import frames
 from hidsd.wire.commands import RunMode
-from hidsd.wire.heartbeat import BreakerReport, ConfigReport, Heartbeat, OutputReport
+from hidsd.wire.heartbeat import BreakerReport, ConfigReport, Heartbeat, OutputReport, PluginReport
 from hidsd.wire.records import DataType
 
 Row = list[str]  # [eco, name, version, arch, source, source_version]
@@ -515,7 +515,7 @@ def agent_heartbeat(host: str, seq: int, interval_s: float, bye: bool = False,
         rejections={"bus.dropped_slow_consumer": 0, "bus.reconnects": rnd.randint(0, 3)},
         bye=bye,
         config=ConfigReport({"fleet": 12, "group:bench": 3}, "9f2c1e0a7b3d4c55", "ok"),
-        plugins={p: _plugin_stats(rnd, p) for p in PLUGINS},
+        plugins={p: PluginReport.from_map(_plugin_stats(rnd, p)) for p in PLUGINS},
         breaker=BreakerReport("normal", 86400.0, accounting_mode="cgroup-v2",
                               accounting_detail="hidsd.slice"),
         outputs={"inventory": OutputReport({"offered": 3, "published": 3}, 0, "")},

@@ -83,7 +83,7 @@ from hidsd.bus.store import Store
 from hidsd.ctl import configplane
 from hidsd.dev.devstack import EtcdCluster, NatsServer
 from hidsd.wire import frames
-from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat
+from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat, plugin_map
 from hidsd.wire.names import KeyLayout, Subjects, parse_scope
 from hidsd.wire.rpc import decode_event
 from hidsd.wire.signing import OperatorKey, encode_public_key
@@ -539,7 +539,7 @@ async def phase_plugins(bench: Bench, agent: AgentProc) -> dict[str, Any]:
     m["breaker_events"] = [e for _, e in bench.obs.breaker_events(ev0)]
     hb = bench.obs.last()
     m["heartbeat_plugins"] = {
-        n: {k: v for k, v in (hb.plugins.get(n) or {}).items()
+        n: {k: v for k, v in (plugin_map(hb, n)).items()
             if k in ("state", "starts", "records", "cpu_pct", "rss_bytes")}
         for n in BUILTINS
     } if hb is not None else {}  # fmt: skip
@@ -549,7 +549,7 @@ async def phase_plugins(bench: Bench, agent: AgentProc) -> dict[str, Any]:
 
 
 def pipeline(hb: Heartbeat | None, plugin: str) -> dict[str, Any]:
-    return dict(hb.plugins.get(plugin) or {}) if hb is not None else {}
+    return dict(plugin_map(hb, plugin)) if hb is not None else {}
 
 
 async def phase_load(bench: Bench, agent: AgentProc) -> dict[str, Any]:

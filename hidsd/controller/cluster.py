@@ -52,8 +52,7 @@ class Member:
 
 def _significant(hb: Heartbeat) -> int:
     """What views show that changes rarely: forward the body when this changes."""
-    plugins = tuple(sorted((n, str(p.get("state"))) for n, p in hb.plugins.items()
-                           if isinstance(p, dict)))  # fmt: skip
+    plugins = tuple(sorted((n, p.state) for n, p in hb.plugins.items()))
     cfg = hb.config
     return hash((hb.mode, hb.applied_rev, hb.held, hb.groups, hb.version,
                  cfg.fingerprint, cfg.status, str(sorted(cfg.versions.items())),

@@ -111,7 +111,7 @@ class AgentRecord:
                 facts=hb.facts,
                 rejections=hb.rejections,
                 seq=hb.seq,
-                plugins=hb.plugins,
+                plugins={n: p.to_map() for n, p in hb.plugins.items()},
                 config=hb.config.to_map(),
                 breaker=hb.breaker.to_map() if hb.breaker is not None else {},
                 storage=storage_to_map(hb.storage) if hb.storage is not None else None,

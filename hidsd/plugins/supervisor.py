@@ -38,6 +38,7 @@ from hidsd.bus.transport import backoff_delay
 from hidsd.plugins.pluginlog import PluginLog
 from hidsd.plugins.telemetry import Pipeline, PipelineLimits, Publish, Spool
 from hidsd.wire import frames
+from hidsd.wire.heartbeat import PluginReport
 from hidsd.wire.records import BUILTIN
 
 if TYPE_CHECKING:
@@ -338,7 +339,7 @@ class PluginRunner:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> PluginReport:
         cpu, rss, fds = 0.0, 0, 0
         if self.proc is not None and self.proc.returncode is None:
             try:
@@ -350,20 +351,23 @@ class PluginRunner:
                 fds = self._ps.num_fds()  # a plugin leaking descriptors shows here
             except (psutil.Error, OSError):  # gone, or out of descriptors: no figure now
                 pass
-        return {
-            "state": self.state.value,
-            "pid": self.proc.pid if self.proc and self.proc.returncode is None else None,
-            "cpu_pct": round(cpu, 2),
-            "rss_bytes": rss,
-            "fds": fds,
-            "last_exit": self.last_exit,
-            "nice": self.nice,
-            "rate_factor": self.pipeline.rate_factor,
-            **{k: self.counters.get(k, 0) for k in RUNNER_COUNTERS},
-            **dict(self.counters),
-            **self.stderr_log.stats(),
-            **{f"tel.{k}": v for k, v in self.pipeline.stats().items()},
-        }
+        tel = self.pipeline.stats()
+        return PluginReport(
+            state=self.state.value,
+            pid=self.proc.pid if self.proc and self.proc.returncode is None else None,
+            cpu_pct=round(cpu, 2),
+            rss_bytes=rss,
+            fds=fds,
+            last_exit=self.last_exit,
+            nice=self.nice,
+            rate_factor=self.pipeline.rate_factor,
+            counters={
+                **{k: self.counters.get(k, 0) for k in RUNNER_COUNTERS},
+                **dict(self.counters),
+                **self.stderr_log.stats(),
+            },
+            telemetry={k: int(v) for k, v in tel.items()},
+        )
 
 
 class Supervisor:
@@ -533,5 +537,5 @@ class Supervisor:
         for name in list(self.running):
             await asyncio.shield(self._stop(name))
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, PluginReport]:
         return {name: runner.stats() for name, (runner, _) in self.running.items()}

@@ -165,6 +165,76 @@ class BreakerReport:
         )
 
 
+_PLG = "heartbeat.plugins"
+#: a plugin's facts; every other key of its map is a counter (`tel.` ones the pipeline's)
+_PLUGIN_FACTS = ("state", "pid", "cpu_pct", "rss_bytes", "fds", "last_exit", "nice",
+                 "rate_factor")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PluginReport:
+    """One plugin as the heartbeat carries it: its process and every counter.
+
+    On the wire (and in the controller's views) it is one flat map, the pipeline's counters
+    prefixed `tel.`, so every count is a key an operator can grep for."""
+
+    state: str
+    pid: int | None = None
+    cpu_pct: float = 0.0
+    rss_bytes: int = 0
+    fds: int = 0
+    last_exit: str = ""
+    nice: int = 0
+    rate_factor: float = 1.0
+    #: the runner's counters: starts, records, bad_frames, parked, start_failed, log_bytes, ...
+    counters: dict[str, int] = field(default_factory=dict)
+    #: the telemetry pipeline's counters and gauges: frames_in, records_out, dropped_*, queued,
+    #: spool_batches, ...
+    telemetry: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        """Every record the pipeline dropped, whatever the reason (each reason is counted)."""
+        return sum(v for k, v in self.telemetry.items() if k.startswith("dropped_"))
+
+    def to_map(self) -> dict[str, Any]:
+        return {"state": self.state, "pid": self.pid, "cpu_pct": self.cpu_pct,
+                "rss_bytes": self.rss_bytes, "fds": self.fds, "last_exit": self.last_exit,
+                "nice": self.nice, "rate_factor": self.rate_factor, **self.counters,
+                **{f"tel.{k}": v for k, v in self.telemetry.items()}}  # fmt: skip
+
+    @classmethod
+    def from_map(cls, m: Any) -> PluginReport:
+        if not isinstance(m, dict):
+            raise ProtocolError(f"{_PLG}: expected a map per plugin", field="plugins")
+        counters: dict[str, int] = {}
+        telemetry: dict[str, int] = {}
+        for k, v in m.items():
+            if k in _PLUGIN_FACTS:
+                continue
+            if not isinstance(k, str) or not isinstance(v, int) or isinstance(v, bool):
+                raise ProtocolError(f"{_PLG}: counter {k!r} must be a number", field="plugins")
+            if k.startswith("tel."):
+                telemetry[k[4:]] = v
+            else:
+                counters[k] = v
+        pid = m.get("pid")
+        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
+            raise ProtocolError(f"{_PLG}: pid must be a number", field="plugins")
+        return cls(
+            state=get_field(m, "state", str, _PLG),
+            pid=pid,
+            cpu_pct=finite(m, "cpu_pct", _PLG),
+            rss_bytes=get_field(m, "rss_bytes", int, _PLG),
+            fds=int(m.get("fds", 0) or 0),
+            last_exit=str(m.get("last_exit") or ""),
+            nice=int(m.get("nice", 0) or 0),
+            rate_factor=float(m.get("rate_factor", 1.0) or 0.0),
+            counters=counters,
+            telemetry=telemetry,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class OutputReport:
     """An output other than telemetry (the inventory stream): its counters and backlog."""
@@ -273,8 +343,8 @@ class Heartbeat:
     rejections: dict[str, int] = field(default_factory=dict)
     bye: bool = False
     config: ConfigReport = field(default_factory=ConfigReport)
-    #: per plugin: state, pid, cpu, rss, records, drops (every drop counted), spool
-    plugins: dict[str, Any] = field(default_factory=dict)
+    #: per plugin: its process and every counter (drops included: nothing is lost silently)
+    plugins: dict[str, PluginReport] = field(default_factory=dict)
     #: the circuit breaker (None: not reported)
     breaker: BreakerReport | None = None
     #: outputs other than telemetry, e.g. {"inventory": ...}
@@ -324,7 +394,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
             "rejections": hb.rejections,
             "bye": hb.bye,
             "config": hb.config.to_map(),
-            "plugins": hb.plugins,
+            "plugins": {name: p.to_map() for name, p in hb.plugins.items()},
             "breaker": hb.breaker.to_map() if hb.breaker is not None else {},
             "outputs": {name: o.to_map() for name, o in hb.outputs.items()},
             **({"storage": storage_to_map(hb.storage)} if hb.storage is not None else {}),
@@ -369,9 +439,16 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
         rejections=rejections,
         bye=values["bye"],
         config=ConfigReport.from_map(optional_map(m, "config")),
-        plugins=optional_map(m, "plugins"),
+        plugins={str(k): PluginReport.from_map(v) for k, v in optional_map(m, "plugins").items()},
         breaker=BreakerReport.from_map(optional_map(m, "breaker")),
         outputs={str(k): OutputReport.from_map(v) for k, v in optional_map(m, "outputs").items()},
         storage=storage_from_map(m["storage"]) if "storage" in m else None,
         clock=ClockReport.from_map(m["clock"]) if "clock" in m else ClockReport(),
     )
+
+
+def plugin_map(hb: Heartbeat | None, name: str) -> dict[str, Any]:
+    """One plugin of a heartbeat as its flat map, as the views show it ({} if not running)."""
+    if hb is None or name not in hb.plugins:
+        return {}
+    return hb.plugins[name].to_map()

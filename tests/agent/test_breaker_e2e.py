@@ -25,6 +25,7 @@ import pytest
 from support import Observer, Stack, wait_for
 
 from hidsd.base.proc import with_pdeathsig
+from hidsd.wire.heartbeat import plugin_map
 
 FAST = """\
 [breaker]
@@ -70,7 +71,7 @@ def breaker(obs: Observer, host: str) -> dict[str, Any]:
 
 def plugin(obs: Observer, host: str, name: str) -> dict[str, Any]:
     hb = obs.heartbeats.get(host)
-    return {} if hb is None else hb.plugins.get(name, {})
+    return {} if hb is None else plugin_map(hb, name)
 
 
 # --------------------------------------------------------------------------- psutil path

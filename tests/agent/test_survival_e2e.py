@@ -22,7 +22,7 @@ import pytest
 from support import Observer, Proc, Stack, can_mount, fill, remount, tmpfs, wait_for
 
 from hidsd.agent.statefile import StateFile
-from hidsd.wire.heartbeat import storage_to_map
+from hidsd.wire.heartbeat import plugin_map, storage_to_map
 
 needs_mount = pytest.mark.skipif(bool(can_mount()), reason=can_mount() or "-")
 LOADGEN = "[plugins.loadgen]\nenabled = true\nparams = { rate = 200, size = 200 }\n"
@@ -42,7 +42,7 @@ def storage(obs: Observer, host: str) -> dict[str, Any]:
 
 def plugin(obs: Observer, host: str, name: str) -> dict[str, Any]:
     hb = obs.heartbeats.get(host)
-    return dict(hb.plugins.get(name) or {}) if hb is not None else {}
+    return dict(plugin_map(hb, name)) if hb is not None else {}
 
 
 async def show(stack: Stack, host: str) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from support import Stack, wait_for
 
+from hidsd.wire.heartbeat import plugin_map
+
 LOADGEN = "[plugins.loadgen]\nenabled = true\nparams = { rate = 20, size = 50 }\n"
 
 
@@ -21,7 +23,7 @@ async def test_stop_start_restart_with_acks_and_convergence(stack: Stack) -> Non
 
         def state(host: str) -> str | None:
             hb = obs.heartbeats.get(host)
-            return None if hb is None else hb.plugins.get("loadgen", {}).get("state")
+            return None if hb is None else plugin_map(hb, "loadgen").get("state")
 
         await wait_for(lambda: state("pc-1") == state("pc-2") == "running", 20, "both running")
 
@@ -44,10 +46,10 @@ async def test_stop_start_restart_with_acks_and_convergence(stack: Stack) -> Non
         assert code == 0 and res["acked_hosts"] == ["pc-1", "pc-2"], res
         await wait_for(lambda: state("pc-1") == "running", 15, "pc-1 running again")
 
-        starts = obs.heartbeats["pc-2"].plugins["loadgen"]["starts"]
+        starts = plugin_map(obs.heartbeats["pc-2"], "loadgen")["starts"]
         code, res = await stack.hidsctl_json("plugins", "restart", "loadgen", "--host", "pc-2")
         assert code == 0 and res["acked_hosts"] == ["pc-2"], res
-        await wait_for(lambda: obs.heartbeats["pc-2"].plugins.get("loadgen", {})
+        await wait_for(lambda: plugin_map(obs.heartbeats["pc-2"], "loadgen")
                        .get("starts", 0) > starts, 15, "restarted")  # fmt: skip
 
         code, _out, err = await stack.hidsctl("plugins", "stop", "nosuch")

@@ -13,6 +13,7 @@ import psutil
 from support import Stack, wait_for
 
 from hidsd.wire import frames
+from hidsd.wire.heartbeat import plugin_map
 
 
 async def _set(stack: Stack, scope: str, text: str) -> None:
@@ -56,12 +57,12 @@ async def test_records_flow_once_in_order_and_kill_switch_stops_plugins(stack: S
         conf = LOADGEN.format(params="rate = 4000, size = 100, count = 3000", extra="")
         await _set(stack, "host:tel-1", conf)
         await wait_for(
-            lambda: obs.heartbeats["tel-1"].plugins.get("loadgen", {}).get("tel.records_out", 0)
+            lambda: plugin_map(obs.heartbeats["tel-1"], "loadgen").get("tel.records_out", 0)
             == 3000, 30, "3000 records published",
         )  # fmt: skip
         recs = await _stream_records(stack, "tel-1", "loadgen")
         assert [n for _, _, n in recs] == list(range(3000))  # exactly once, in order
-        pl = obs.heartbeats["tel-1"].plugins["loadgen"]
+        pl = plugin_map(obs.heartbeats["tel-1"], "loadgen")
         assert pl["state"] == "running" and pl["records"] == 3000 and pl["bad_frames"] == 0
         pid = pl["pid"]
         assert psutil.pid_exists(pid)
@@ -84,7 +85,7 @@ async def test_records_flow_once_in_order_and_kill_switch_stops_plugins(stack: S
         await wait_for(lambda: not psutil.pid_exists(pid), 5, "plugin process gone")
         code, res = await stack.hidsctl_json("fleet", "resume", "--host", "tel-1")
         assert code == 0
-        await wait_for(lambda: obs.heartbeats["tel-1"].plugins.get("loadgen", {})
+        await wait_for(lambda: plugin_map(obs.heartbeats["tel-1"], "loadgen")
                        .get("state") == "running", 15, "plugin back after resume")  # fmt: skip
     finally:
         await obs.close()
@@ -98,7 +99,7 @@ async def test_nats_outage_spools_and_drains_exactly_once(private_stack: Stack) 
     await s.wait_online("sp-1")
     await _set(s, "host:sp-1",
                LOADGEN.format(params="rate = 400, size = 100, count = 3200", extra=""))  # fmt: skip
-    await wait_for(lambda: obs.heartbeats["sp-1"].plugins.get("loadgen", {})
+    await wait_for(lambda: plugin_map(obs.heartbeats["sp-1"], "loadgen")
                    .get("tel.records_out", 0) > 300, 20, "telemetry flowing")  # fmt: skip
     await obs.close()
     s.nats.stop()
@@ -106,13 +107,14 @@ async def test_nats_outage_spools_and_drains_exactly_once(private_stack: Stack) 
     s.nats.start()
     obs = await s.observer()
     try:
-        await wait_for(lambda: obs.heartbeats.get("sp-1") is not None and
-                       obs.heartbeats["sp-1"].plugins["loadgen"].get("tel.records_out", 0) >= 3200
-                       - obs.heartbeats["sp-1"].plugins["loadgen"].get("tel.records_out", 0) * 0
-                       and obs.heartbeats["sp-1"].plugins["loadgen"]["tel.spool_batches"] == 0
-                       and obs.heartbeats["sp-1"].plugins["loadgen"]["records"] == 3200,
-                       40, "all produced and the spool drained")  # fmt: skip
-        pl = obs.heartbeats["sp-1"].plugins["loadgen"]
+
+        def drained() -> bool:
+            pl = plugin_map(obs.heartbeats.get("sp-1"), "loadgen")
+            return (pl.get("tel.records_out", 0) >= 3200 and pl.get("tel.spool_batches") == 0
+                    and pl.get("records") == 3200)  # fmt: skip
+
+        await wait_for(drained, 40, "all produced and the spool drained")
+        pl = plugin_map(obs.heartbeats["sp-1"], "loadgen")
         assert pl["tel.spooled_records"] > 0, pl  # the outage was real
         recs = await _stream_records(s, "sp-1", "loadgen")
         assert [n for _, _, n in recs] == list(range(3200))
@@ -134,10 +136,10 @@ async def test_spool_bound_is_counted(private_stack: Stack) -> None:
     obs = await s.observer()
     try:
         await wait_for(lambda: obs.heartbeats.get("sb-1") is not None
-                       and obs.heartbeats["sb-1"].plugins.get("loadgen", {}).get("records") == 4000,
+                       and plugin_map(obs.heartbeats["sb-1"], "loadgen").get("records") == 4000,
                        30, "plugin done")  # fmt: skip
         await asyncio.sleep(1.0)
-        pl = obs.heartbeats["sb-1"].plugins["loadgen"]
+        pl = plugin_map(obs.heartbeats["sb-1"], "loadgen")
         spooled, dropped = pl["tel.spooled_records"], pl["tel.dropped_spool_full"]
         assert dropped > 0 and spooled > 0
         assert spooled + dropped == 4000  # nothing lost silently
@@ -154,12 +156,12 @@ async def test_garbage_crash_loop_is_parked_and_other_plugins_keep_running(stack
         await _set(stack, "host:gb-1", LOADGEN.format(
             params="rate = 0, size = 50, garbage_after = 64", extra="")
             + "[plugins.procmon]\nenabled = true\nparams = { interval_s = 0.5 }\n")  # fmt: skip
-        await wait_for(lambda: obs.heartbeats["gb-1"].plugins.get("loadgen", {})
+        await wait_for(lambda: plugin_map(obs.heartbeats["gb-1"], "loadgen")
                        .get("state") == "parked", 45, "garbage plugin parked")  # fmt: skip
-        pl = obs.heartbeats["gb-1"].plugins["loadgen"]
+        pl = plugin_map(obs.heartbeats["gb-1"], "loadgen")
         assert pl["bad_frames"] >= 4 and pl["starts"] >= 5 and pl["parked"] == 1
         assert obs.heartbeats["gb-1"].mode.value == "running"  # the agent is fine
-        other = obs.heartbeats["gb-1"].plugins["procmon"]  # and so is the other plugin
+        other = plugin_map(obs.heartbeats["gb-1"], "procmon")  # and so is the other plugin
         assert other["state"] == "running" and other["starts"] == 1 and other["bad_frames"] == 0
     finally:
         await obs.close()
@@ -172,9 +174,9 @@ async def test_plugin_dying_mid_frame_is_counted_and_restarted(stack: Stack) -> 
         await wait_for(lambda: "dm-1" in obs.heartbeats, 20)
         await _set(stack, "host:dm-1", LOADGEN.format(
             params="rate = 0, size = 50, die_mid_frame = 100", extra=""))  # fmt: skip
-        await wait_for(lambda: obs.heartbeats["dm-1"].plugins.get("loadgen", {})
+        await wait_for(lambda: plugin_map(obs.heartbeats["dm-1"], "loadgen")
                        .get("starts", 0) >= 2, 20, "restarted")  # fmt: skip
-        pl = obs.heartbeats["dm-1"].plugins["loadgen"]
+        pl = plugin_map(obs.heartbeats["dm-1"], "loadgen")
         assert pl["truncated_frames"] >= 1 and "exit code 4" in pl["last_exit"]
     finally:
         await obs.close()
@@ -186,8 +188,8 @@ async def test_no_orphan_survives_sigkill_of_the_agent(stack: Stack) -> None:
     try:
         await wait_for(lambda: "or-1" in obs.heartbeats, 20)
         await _set(stack, "host:or-1", LOADGEN.format(params="rate = 10, size = 50", extra=""))
-        await wait_for(lambda: obs.heartbeats["or-1"].plugins.get("loadgen", {}).get("pid"), 15)
-        pid = obs.heartbeats["or-1"].plugins["loadgen"]["pid"]
+        await wait_for(lambda: plugin_map(obs.heartbeats["or-1"], "loadgen").get("pid"), 15)
+        pid = plugin_map(obs.heartbeats["or-1"], "loadgen")["pid"]
         assert psutil.pid_exists(pid)
         os.kill(agent.popen.pid, signal.SIGKILL)
         await wait_for(lambda: not psutil.pid_exists(pid)
@@ -209,16 +211,16 @@ async def test_rate_limit_drop_policy_counts_and_block_policy_pushes_back(stack:
         await _set(stack, "host:rl-2", LOADGEN.format(
             params="rate = 0, size = 50, count = 100000",
             extra='rate_per_s = 300\nburst = 100\npolicy = "block"\n'))  # fmt: skip
-        await wait_for(lambda: obs.heartbeats["rl-1"].plugins.get("loadgen", {})
+        await wait_for(lambda: plugin_map(obs.heartbeats["rl-1"], "loadgen")
                        .get("records") == 2000, 20)  # fmt: skip
-        await wait_for(lambda: obs.heartbeats["rl-2"].plugins.get("loadgen", {})
+        await wait_for(lambda: plugin_map(obs.heartbeats["rl-2"], "loadgen")
                        .get("records", 0) > 0, 20)  # fmt: skip
         await asyncio.sleep(3.0)
-        pl = obs.heartbeats["rl-1"].plugins["loadgen"]
+        pl = plugin_map(obs.heartbeats["rl-1"], "loadgen")
         dropped = pl.get("tel.dropped_rate_limit", 0) + pl.get("tel.dropped_queue_full", 0)
         assert dropped > 0
         assert pl["tel.records_out"] + dropped + pl["tel.queued"] <= 2000
-        pl = obs.heartbeats["rl-2"].plugins["loadgen"]
+        pl = plugin_map(obs.heartbeats["rl-2"], "loadgen")
         # the plugin wanted 100000 records as fast as possible; pushback held it near the rate
         assert pl["records"] < 20_000, sorted(pl.items())
         assert pl.get("tel.dropped_rate_limit", 0) == 0 and pl.get("tel.dropped_queue_full", 0) == 0
@@ -227,8 +229,8 @@ async def test_rate_limit_drop_policy_counts_and_block_policy_pushes_back(stack:
         await _set(stack, "host:rl-2", LOADGEN.format(
             params="rate = 0, size = 50, count = 100000",
             extra='rate_per_s = 5000\nburst = 1000\npolicy = "block"\n'))  # fmt: skip
-        await wait_for(lambda: obs.heartbeats["rl-2"].plugins["loadgen"]["records"] > 20_000,
+        await wait_for(lambda: plugin_map(obs.heartbeats["rl-2"], "loadgen")["records"] > 20_000,
                        20, "faster after the new rate")  # fmt: skip
-        assert obs.heartbeats["rl-2"].plugins["loadgen"]["starts"] == 1
+        assert plugin_map(obs.heartbeats["rl-2"], "loadgen")["starts"] == 1
     finally:
         await obs.close()

@@ -29,7 +29,17 @@ from hidsd.wire.commands import (
     encode_command_body,
     encode_envelope,
 )
-from hidsd.wire.heartbeat import ClockReport, Heartbeat, decode_heartbeat, encode_heartbeat
+from hidsd.wire.heartbeat import (
+    BreakerReport,
+    ClockReport,
+    DenylistEntry,
+    Heartbeat,
+    OutputReport,
+    PluginReport,
+    decode_heartbeat,
+    encode_heartbeat,
+    plugin_map,
+)
 from hidsd.wire.names import FLEET_TARGET, PROTOCOL_VERSION, KeyLayout, Scope, Subjects, check_name
 from hidsd.wire.rpc import decode_reply, decode_request, encode_reply, encode_request
 
@@ -869,3 +879,51 @@ def test_ack_reason_and_time_round_trip() -> None:
     assert decode_ack(encode_ack(ack)) == ack
     with pytest.raises(ProtocolError):
         decode_ack(pack(ack_map(sent_at=float("inf"))))
+
+
+# --------------------------------------------------------------------------- typed reports
+
+
+def test_plugin_report_flat_on_the_wire_typed_in_code() -> None:
+    rep = PluginReport(state="running", pid=42, cpu_pct=1.5, rss_bytes=10, fds=7,
+                       counters={"starts": 1, "records": 9},
+                       telemetry={"records_out": 9, "dropped_rate_limit": 2,
+                                  "dropped_spool_full": 1})  # fmt: skip
+    m = rep.to_map()
+    assert m["tel.records_out"] == 9 and m["starts"] == 1 and m["fds"] == 7
+    assert PluginReport.from_map(m) == rep and rep.dropped == 3
+    hb = make_heartbeat(plugins={"loadgen": rep})
+    assert decode_heartbeat(encode_heartbeat(hb)) == hb
+    assert plugin_map(hb, "loadgen") == m and plugin_map(hb, "nope") == {} == plugin_map(None, "x")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["running", {"state": "running", "cpu_pct": 0, "rss_bytes": 0, "tel.records_out": "9"},
+     {"state": "running", "cpu_pct": 0, "rss_bytes": 0, "starts": True},
+     {"state": "running", "cpu_pct": 0, "rss_bytes": 0, "pid": "42"},
+     {"cpu_pct": 0, "rss_bytes": 0}],
+)  # fmt: skip
+def test_plugin_report_malformed(value: Any) -> None:
+    with pytest.raises(ProtocolError):
+        decode_heartbeat(pack(hb_map(plugins={"p": value})))
+
+
+def test_breaker_and_output_reports_round_trip_and_refuse_garbage() -> None:
+    br = BreakerReport("tripped", 3.5, reason="memory", level=3, resource="memory",
+                       held=("*",), hold_all=True,
+                       denylist={"drill": DenylistEntry(100.0, 60, "leak")}, strikes=1,
+                       accounting_mode="cgroup-v1", accounting_detail="x",
+                       limits_error="e")  # fmt: skip
+    out = OutputReport({"published": 3}, 1, "")
+    hb = make_heartbeat(breaker=br, outputs={"inventory": out})
+    back = decode_heartbeat(encode_heartbeat(hb))
+    assert back.breaker == br and back.outputs == {"inventory": out}
+    assert br.to_map()["accounting"] == {"mode": "cgroup-v1", "detail": "x"}
+    assert decode_heartbeat(pack(hb_map(breaker={}))).breaker is None
+    for bad in ({"state": "normal"}, {**br.to_map(), "held": [1]},
+                {**br.to_map(), "denylist": {"d": "soon"}}):  # fmt: skip
+        with pytest.raises(ProtocolError):
+            decode_heartbeat(pack(hb_map(breaker=bad)))
+    with pytest.raises(ProtocolError):
+        decode_heartbeat(pack(hb_map(outputs={"inventory": {"pending": 0, "x": "y"}})))
