@@ -202,7 +202,12 @@ class BreakerService:
                 cpu = max(0.0, (usage.cpu_s - prev[1]) / dt)
                 rate = max(0.0, (records - prev[2]) / dt)
             seen[name] = (now, usage.cpu_s, records)
-            plugins[name] = PluginLoad(cpu * 100, usage.mem_bytes, rate, self._cap_pct())
+            # A plugin's start-up (procmon's first /proc scan, say) may sit at a cap cut by the
+            # throttle for a whole window: that is not a burner. The cap counts once the
+            # plugin has run a window; every other threshold counts from its first sample.
+            young = time.monotonic() - runner.started_at < self.cfg.window_s + self.cfg.interval_s
+            cap = None if young else self._cap_pct()
+            plugins[name] = PluginLoad(cpu * 100, usage.mem_bytes, rate, cap)
         self._prev = seen
         hp = read_host_pressure()
         return Sample(

@@ -121,6 +121,8 @@ class PluginRunner:
     #: frames of these data types go to a callback (plugin name, frame) instead of telemetry
     routes: dict[int, Callable[[str, bytes], None]] = field(default_factory=dict)
     health: StorageHealth | None = None
+    #: when the running process started (monotonic; 0 = not running yet)
+    started_at: float = 0.0
     _ps: Any = None
     _rng: random.Random = field(default_factory=random.Random)
 
@@ -241,6 +243,7 @@ class PluginRunner:
     async def _run_started(self) -> None:
         assert self.proc is not None
         self._ps = None
+        self.started_at = time.monotonic()
         self.state = PluginState.RUNNING
         self.counters["starts"] += 1
         if self.resources is not None:
