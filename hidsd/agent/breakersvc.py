@@ -263,7 +263,7 @@ class BreakerService:
                 self.log.error("breaker_denylist_not_saved", path=str(self.path), error=str(exc))
             self._unsaved = True
             if self.health is not None:
-                self.health.failed("denylist", self.path, exc)
+                self.health.failed("denylist", self.path, exc, retried=True)
             return False
         self._unsaved = False
         if self.health is not None:

@@ -126,7 +126,7 @@ class ConfigService:
                 self.log.error("last_good_config_not_saved", path=str(self.path), error=str(exc))
             self._unsaved = texts
             if self.health is not None:
-                self.health.failed("last_good", self.path, exc)
+                self.health.failed("last_good", self.path, exc, retried=True)
             return False
         if self._unsaved is not None:
             self.log.info("last_good_config_saved", path=str(self.path))

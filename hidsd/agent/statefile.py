@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hidsd.agent.control import ControlState
-from hidsd.base.errors import ProtocolError
 from hidsd.base.storage import FD_ERRNOS, FdReserve, StorageHealth
 
 STATE_FILE = "control-state.slots"
@@ -115,9 +114,8 @@ class SlotFile:
         return max(valid, key=lambda s: s[0]) if valid else None
 
     def write(self, generation: int, payload: bytes) -> None:
-        """Overwrite the slot of this generation in place (never the newest one)."""
-        if not self.exists():
-            raise OSError(errno.ENOENT, "state file has no reserved slots", str(self.path))
+        """Overwrite the slot of this generation in place (never the newest one). The file
+        must exist (`ensure`): without O_CREAT a missing one is an error, never a new file."""
         slot = encode_slot(generation, payload)
         fd = self._open(os.O_WRONLY)
         try:
@@ -275,12 +273,4 @@ class StateFile:
     def _report(self, what: str, path: Path, exc: OSError) -> None:
         self._log("state_save_failed", what=what, path=str(path), error=str(exc))
         if self.health is not None:
-            self.health.failed(what, path, exc)
-
-
-def load_or_none(sf: StateFile) -> tuple[ControlState | None, str]:
-    """Load, turning a corrupt content into (None, why): etcd re-delivers the state."""
-    try:
-        return sf.load(), ""
-    except ProtocolError as exc:
-        return None, exc.message
+            self.health.failed(what, path, exc, retried=True)

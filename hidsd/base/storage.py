@@ -77,6 +77,8 @@ class Failure:
     since: float
     count: int
     errno: int | None = None
+    #: the writer retries by itself and clears the failure when its retry succeeds
+    retried: bool = False
 
 
 @dataclass(slots=True)
@@ -94,14 +96,17 @@ class StorageHealth:
     fs_read_only: bool = False
     probe_error: str = ""
 
-    def failed(self, what: str, path: Path | str, exc: OSError) -> StorageStatus:
-        """Record a failed write; returns its status."""
+    def failed(
+        self, what: str, path: Path | str, exc: OSError, retried: bool = False
+    ) -> StorageStatus:
+        """Record a failed write; returns its status. `retried`: the writer owes a save and
+        retries it (the probe must not clear it: only the retry knows)."""
         status = classify(exc)
         old = self.failures.get(what)
         since = old.since if old is not None and old.status is status else self.clock()
         count = (old.count if old is not None else 0) + 1
         self.failures[what] = Failure(
-            what, status, str(path), describe(exc), since, count, exc.errno
+            what, status, str(path), describe(exc), since, count, exc.errno, retried
         )
         self.errors_total += 1
         return status
@@ -123,19 +128,19 @@ class StorageHealth:
         self.probe_error = ""
         self.free_bytes = st.f_bavail * st.f_frsize
         self.fs_read_only = bool(st.f_flag & os.ST_RDONLY)
+        # Writers that only write when there is something to write (spool, plugin logs,
+        # plugin starts) would otherwise report a failure until their next write: clear them
+        # once the probe sees space and write access, or descriptors, back. Writers that owe a
+        # save clear on their own retry.
+        idle = {w: f for w, f in self.failures.items() if not f.retried}
         if not self.fs_read_only and self.free_bytes >= self.low_space_bytes:
-            # Space and write access are back: writers that only write when there is
-            # something to write (spool, plugin logs) would otherwise report a full disk
-            # until their next write. Writers that owe a save retry right after this probe
-            # and fail again if the disk still refuses them.
-            for what in [
-                w for w, f in self.failures.items() if f.status is not StorageStatus.ERROR
-            ]:
-                self.ok(what)
-        if any(f.errno in FD_ERRNOS for f in self.failures.values()) and _can_open():
-            # descriptors are back: the same goes for what ran out of them
-            for what in [w for w, f in self.failures.items() if f.errno in FD_ERRNOS]:
-                self.ok(what)
+            for what, f in idle.items():
+                if f.status is not StorageStatus.ERROR:
+                    self.ok(what)
+        if any(f.errno in FD_ERRNOS for f in idle.values()) and _can_open():
+            for what, f in idle.items():
+                if f.errno in FD_ERRNOS:
+                    self.ok(what)
 
     @property
     def status(self) -> StorageStatus:

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,6 +77,26 @@ async def restart_with_etcd_down(stack: Stack, agent: Proc, host: str, obs: Obse
     return again
 
 
+async def start_with_loadgen(s: Stack, obs: Observer, host: str, data_dir: Path) -> Proc:
+    """A controller, loadgen enabled by config, and an agent whose data dir is `data_dir`."""
+    s.start_controller()  # it creates the telemetry stream
+    await set_config(s, LOADGEN)
+    agent = await s.start_agent(host, ["web"], data_dir=str(data_dir))
+    await wait_for(lambda: plugin(obs, host, "loadgen").get("state") == "running", 30,
+                   "loadgen running")  # fmt: skip
+    return agent
+
+
+async def resume_once_healthy(s: Stack, obs: Observer, host: str) -> None:
+    """Storage ok and etcd back, then a resume brings loadgen back."""
+    await wait_for(lambda: storage(obs, host).get("status") == "ok", 15, "storage ok")
+    await wait_for(lambda: obs.heartbeats[host].facts["store_ok"], 30, "etcd back")
+    res = await fleet(s, "resume")
+    assert res["acked_hosts"] == [host]
+    await wait_for(lambda: plugin(obs, host, "loadgen").get("state") == "running", 30,
+                   "loadgen running again")  # fmt: skip
+
+
 @needs_mount
 async def test_full_disk_stop_holds_across_a_restart_with_etcd_down(
     private_stack: Stack,
@@ -83,11 +104,7 @@ async def test_full_disk_stop_holds_across_a_restart_with_etcd_down(
     s = private_stack
     obs = await s.observer()
     with tmpfs(s.workdir / "fs", "2m") as fs:
-        s.start_controller()
-        await set_config(s, LOADGEN)
-        agent = await s.start_agent("full-1", ["web"], data_dir=str(fs / "data"))
-        await wait_for(lambda: plugin(obs, "full-1", "loadgen").get("state") == "running", 30,
-                       "loadgen running")  # fmt: skip
+        agent = await start_with_loadgen(s, obs, "full-1", fs / "data")
         assert storage(obs, "full-1")["status"] == "ok"
         filler = fill(fs)
         await wait_for(lambda: storage(obs, "full-1").get("status") == "full", 10,
@@ -110,12 +127,7 @@ async def test_full_disk_stop_holds_across_a_restart_with_etcd_down(
         agent = await restart_with_etcd_down(s, agent, "full-1", obs, data_dir=str(fs / "data"))
         s.etcd.restart()
         filler.unlink()
-        await wait_for(lambda: storage(obs, "full-1").get("status") == "ok", 15, "storage ok")
-        await wait_for(lambda: obs.heartbeats["full-1"].facts["store_ok"], 30, "etcd back")
-        res = await fleet(s, "resume")
-        assert res["acked_hosts"] == ["full-1"]
-        await wait_for(lambda: plugin(obs, "full-1", "loadgen").get("state") == "running", 30,
-                       "loadgen running again")  # fmt: skip
+        await resume_once_healthy(s, obs, "full-1")
         assert agent.popen.poll() is None
         agent.stop()
     await obs.close()
@@ -159,11 +171,7 @@ async def test_read_only_data_dir_behaves_like_a_full_disk(private_stack: Stack)
     s = private_stack
     obs = await s.observer()
     with tmpfs(s.workdir / "fs", "2m") as fs:
-        s.start_controller()
-        await set_config(s, LOADGEN)
-        agent = await s.start_agent("ro-1", ["web"], data_dir=str(fs / "data"))
-        await wait_for(lambda: plugin(obs, "ro-1", "loadgen").get("state") == "running", 30,
-                       "loadgen running")  # fmt: skip
+        agent = await start_with_loadgen(s, obs, "ro-1", fs / "data")
         # no plugin holds a file in the data dir open for writing, so the remount succeeds
         remount(fs, "ro")
         await wait_for(lambda: storage(obs, "ro-1").get("status") == "read-only", 10,
@@ -185,11 +193,7 @@ async def test_read_only_data_dir_behaves_like_a_full_disk(private_stack: Stack)
         await wait_for(lambda: storage(obs, "ro-1").get("status") == "ok", 15, "storage ok")
         # the primary caught up by itself: the stop is in the data dir now
         assert StateFile(fs / "data").load().mode.value == "stopped"  # type: ignore[union-attr]
-        await wait_for(lambda: obs.heartbeats["ro-1"].facts["store_ok"], 30, "etcd back")
-        res = await fleet(s, "resume")
-        assert res["acked_hosts"] == ["ro-1"]
-        await wait_for(lambda: plugin(obs, "ro-1", "loadgen").get("state") == "running", 30,
-                       "loadgen running again")  # fmt: skip
+        await resume_once_healthy(s, obs, "ro-1")
         agent.stop()
     await obs.close()
 

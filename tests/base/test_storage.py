@@ -30,3 +30,14 @@ def test_health_reports_the_worst_and_clears(tmp_path: Path) -> None:
     assert h.report().status is StorageStatus.FULL
     h.ok("spool:a")
     assert h.report().status is StorageStatus.OK and h.recoveries == 2 and h.errors_total == 2
+
+
+def test_probe_clears_idle_writers_not_those_that_owe_a_save(tmp_path: Path) -> None:
+    """With space back, a spool that has nothing to write clears; a state file that owes a
+    save clears only when its retry succeeds (EDQUOT can refuse it with the disk half empty)."""
+    h = StorageHealth(tmp_path)
+    h.failed("spool:a", tmp_path, OSError(errno.ENOSPC, "No space left on device"))
+    h.failed("state", tmp_path, OSError(errno.EDQUOT, "Disk quota exceeded"), retried=True)
+    h.failed("plugin:b", tmp_path, OSError(errno.EMFILE, "Too many open files"))
+    h.probe()
+    assert set(h.failures) == {"state"} and h.recoveries == 2
