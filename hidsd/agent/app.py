@@ -1,15 +1,15 @@
 """The agent: one `Agent.run()` owns every task through one TaskGroup.
 
-Lifecycle, as uvicorn does it: startup (state file, bus, store), main loop (services in the
-TaskGroup), bounded shutdown (a `bye` heartbeat, flush, close) when `should_exit` is set; a
-second signal sets `force_exit` and skips the graceful part.
+Lifecycle, as uvicorn does it: `startup` (store, cgroups), `main_loop` (every service a named
+task of one TaskGroup, until `should_exit`), `shutdown` (a bounded graceful part: a `bye`
+heartbeat and a flush; then close). A second signal sets `force_exit` and skips the graceful
+part. The services are built here and talk to each other only through the callbacks wired
+below; the heartbeat reads them through `HeartbeatSources`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import time
 from dataclasses import replace
 from typing import Any
@@ -24,254 +24,165 @@ from hidsd.agent.commands import CommandService
 from hidsd.agent.configsvc import ConfigService
 from hidsd.agent.control import ControlPolicy, ControlState, Decision
 from hidsd.agent.convergence import ConvergenceService
+from hidsd.agent.heartbeat import HeartbeatService, HeartbeatSources, local_facts
 from hidsd.agent.plugincontrol import PluginControl, PluginControlService
+from hidsd.agent.runmode import RunModeHolder
 from hidsd.agent.settings import AgentSettings
 from hidsd.agent.statefile import StateFile
+from hidsd.agent.storagesvc import StorageService
 from hidsd.base.aio import wait_timeout
 from hidsd.base.errors import BusUnavailable, ProtocolError
-from hidsd.base.hostinfo import SelfUsage, host_facts
-from hidsd.base.storage import FdReserve, StorageHealth, StorageStatus
+from hidsd.base.storage import FdReserve, StorageHealth
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.plugins.supervisor import Supervisor
-from hidsd.plugins.telemetry import LatestPublisher
+from hidsd.plugins.telemetry import LatestPublisher, Pipeline, PipelineLimits, Spool
+from hidsd.wire import frames
 from hidsd.wire.commands import AckStatus, Command, CommandKind, RunMode, command_plugin
-from hidsd.wire.heartbeat import Heartbeat, encode_heartbeat
+from hidsd.wire.heartbeat import OutputReport
 from hidsd.wire.names import KeyLayout, Subjects
+from hidsd.wire.records import DataType
 from hidsd.wire.rpc import encode_event
 from hidsd.wire.signing import TrustStore
 
-
-class WorkGate:
-    """Whether HIDS work may run. The kill switch closes it; work waits on `wait_running`."""
-
-    def __init__(self, running: bool) -> None:
-        self._running = asyncio.Event()
-        if running:
-            self._running.set()
-
-    @property
-    def running(self) -> bool:
-        return self._running.is_set()
-
-    def set(self, running: bool) -> None:
-        if running:
-            self._running.set()
-        else:
-            self._running.clear()
-
-    async def wait_running(self) -> None:
-        await self._running.wait()
-
-
-class HeartbeatService:
-    """Publishes a jittered heartbeat (E1, E4), and one at once when the run mode changes."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.seq = 0
-        self._now = asyncio.Event()
-        self._usage = SelfUsage()
-        self._facts = host_facts()
-        self._rng = random.Random()
-        self.failures = 0
-
-    def poke(self) -> None:
-        self._now.set()
-
-    def build(self, bye: bool = False) -> Heartbeat:
-        a = self.agent
-        cpu, rss = self._usage.sample()
-        self.seq += 1
-        state = a.policy.state
-        rejections = a.policy.counters()
-        rejections.update({f"bus.{k}": v for k, v in a.bus.counters.items()})
-        return Heartbeat(
-            host=a.settings.host_id,
-            version=__version__,
-            groups=a.settings.groups,
-            mode=a.mode,
-            applied_rev=state.applied_rev,
-            held=state.held,
-            interval_s=a.heartbeat_s,
-            seq=self.seq,
-            sent_at=time.time(),
-            uptime_s=round(time.monotonic() - a.started, 3),
-            cpu_pct=round(cpu, 2),
-            rss_bytes=rss,
-            facts={**self._facts, "store_ok": a.convergence.store_ok},
-            rejections=rejections,
-            bye=bye,
-            config=a.config.report(),
-            plugins=a.supervisor.stats(),
-            breaker=a.breaker.report(),
-            outputs={"inventory": a.latest.report()},
-            storage=a.health.report(),
-            clock=a.policy.clock_report(),
-        )
-
-    async def send(self, bye: bool = False) -> None:
-        a = self.agent
-        a.log.debug("heartbeat", seq=self.seq + 1, mode=a.mode.value, bye=bye)
-        if a.bus.connected:
-            await a.bus.publish(
-                a.subjects.heartbeat(a.settings.host_id), encode_heartbeat(self.build(bye))
-            )
-
-    async def run(self) -> None:
-        while True:
-            self._now.clear()  # before sending: a poke during the send is not lost
-            try:
-                await self.send()
-            except (OSError, BusUnavailable) as exc:
-                # out of descriptors or the bus mid-reconnect: the next beat tries again
-                self.failures += 1
-                self.agent.log.warning("heartbeat_failed", error=str(exc))
-            interval = self.agent.heartbeat_s  # hot-reloadable
-            with contextlib.suppress(TimeoutError):
-                await wait_timeout(self._now.wait(), interval * self._rng.uniform(0.9, 1.1))
-
-
-class StorageService:
-    """Watches the data dir and retries the saves that failed, so storage recovers by itself
-    once space (or write access, or descriptors) is back; the heartbeat says what failed."""
-
-    def __init__(self, agent: Agent, period_s: float = 2.0) -> None:
-        self.agent = agent
-        self.period_s = period_s
-        self._reported = StorageStatus.OK
-
-    def tick(self) -> None:
-        a = self.agent
-        before = self._reported
-        a.health.probe()
-        a.fd_reserve.take()
-        a.state_file.retry()
-        a.config.retry_last_good()
-        a.breaker.retry_save()
-        after = self._reported = a.health.status
-        if after is not before:
-            r = a.health.report()
-            log = a.log.info if after.value == "ok" else a.log.error
-            log("storage_status", old=before.value, status=after.value, path=r.path,
-                error=r.error)  # fmt: skip
-            a.heartbeat.poke()
-
-    async def run(self) -> None:
-        while True:
-            try:
-                self.tick()
-            except OSError as exc:  # nothing here may end the agent
-                self.agent.log.warning("storage_check_failed", error=str(exc))
-            await asyncio.sleep(self.period_s)
+#: the agent's own telemetry (breaker transitions) goes out as plugin "agent"
+AGENT_EVENTS = "agent"
 
 
 class Agent:
-    """The hidsd agent process."""
+    """The hidsd agent process.
 
-    def __init__(self, settings: AgentSettings, ping_interval_s: int = 20) -> None:
+    `store` may be given (a benchmark's simulated fleet shares one etcd channel between the
+    agents of one process); the agent then neither opens nor closes it.
+    """
+
+    def __init__(
+        self, settings: AgentSettings, ping_interval_s: int = 20, store: Store | None = None
+    ) -> None:
         self.settings = settings
-        self.log: Any = structlog.get_logger("hidsd.agent").bind(host=settings.host_id)
+        host = settings.host_id
+        self.log: Any = structlog.get_logger("hidsd.agent").bind(host=host)
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
-        self.started = time.monotonic()
+        #: set once connected and subscribed to its command subjects (tests, benchmarks)
+        self.bus_ready = asyncio.Event()
         self.subjects = Subjects(settings.subject_prefix)
         self.keys = KeyLayout(settings.key_prefix)
         self.health = StorageHealth(settings.data_dir)
         self.fd_reserve = FdReserve()
         self.state_file = StateFile(
             settings.data_dir, settings.runtime_dir, self.health, self.fd_reserve,
-            host=settings.host_id, log=self.log.warning,
+            host=host, log=self.log.warning,
         )  # fmt: skip
         self.policy = ControlPolicy(
-            host=settings.host_id,
+            host=host,
             groups=settings.groups,
             trust=TrustStore.from_b64(list(settings.trusted_keys)),
             max_command_bytes=settings.max_command_bytes,
         )
         self._load_state()
-        self.gate = WorkGate(self.policy.state.mode is RunMode.RUNNING)
-        self.exiting = False
+        self.run_mode = RunModeHolder(self.policy)
         n = settings.nats
         self.bus = Bus(
             BusOptions(
-                servers=n.servers,
-                name=f"hidsd:{settings.host_id}",
-                user=n.user,
-                password=n.password,
-                token=n.token,
-                reconnect_base_s=n.reconnect_base_s,
-                reconnect_max_s=n.reconnect_max_s,
-                connect_timeout_s=n.connect_timeout_s,
+                servers=n.servers, name=f"hidsd:{host}", user=n.user, password=n.password,
+                token=n.token, reconnect_base_s=n.reconnect_base_s,
+                reconnect_max_s=n.reconnect_max_s, connect_timeout_s=n.connect_timeout_s,
                 ping_interval_s=ping_interval_s,
             ),
             on_reconnect=self._on_reconnect,
-        )
+        )  # fmt: skip
         e = settings.etcd
-        self.store = Store(e.endpoints, e.user, e.password, e.timeout_s)
+        self._owns_store = store is None
+        self.store = store or Store(e.endpoints, e.user, e.password, e.timeout_s)
         self.plugin_control = PluginControl(self.policy)
         self.commands = CommandService(
-            self.bus,
-            self.policy,
-            self.subjects,
-            self._on_change,
-            self._on_plugin_command,
+            self.bus, self.policy, self.subjects, self._on_change, self._on_plugin_command,
             self._on_time_refusal,
-        )
+        )  # fmt: skip
         self.convergence = ConvergenceService(
-            self.store,
-            self.policy,
-            self.keys,
-            settings.resync_s,
-            self._on_store_decision,
+            self.store, self.policy, self.keys, settings.resync_s, self._on_store_decision,
             watch=settings.watch,
-        )
+        )  # fmt: skip
         self.heartbeat_s = settings.heartbeat_s
-        from hidsd.wire.records import DataType
-
-        self.latest = LatestPublisher(settings.host_id, self._publish_telemetry)
-        inv_subject = self.subjects.inventory(settings.host_id)
+        self.latest = LatestPublisher(host, self._publish_telemetry)
+        inv_subject = self.subjects.inventory(host)
         self.supervisor = Supervisor(
-            settings.host_id,
-            lambda name: self.subjects.telemetry(settings.host_id, name),
+            host,
+            lambda name: self.subjects.telemetry(host, name),
             settings.data_dir,
             self._publish_telemetry,
             routes={DataType.PACKAGES_STATE: lambda plugin, frame: self.latest.offer(
                 inv_subject, plugin, frame)},
             health=self.health,
         )  # fmt: skip
-        self.supervisor.set_allowed(self.gate.running)
+        self.run_mode.follow(self.supervisor.set_allowed)
+        # the agent's own records: spooled like a plugin's, so a transition is never lost
+        # to a NATS outage; "drop" so a stuck bus can never stall the breaker
+        limits = PipelineLimits(policy="drop")
+        self.events = Pipeline(
+            host=host, plugin=AGENT_EVENTS, subject=self.subjects.telemetry(host, AGENT_EVENTS),
+            publish=self._publish_telemetry, limits=limits,
+            spool=Spool(settings.data_dir / "spool" / AGENT_EVENTS, limits.spool_max_bytes,
+                        self.health),
+        )  # fmt: skip
         self.breaker = BreakerService(
             self.supervisor, settings.data_dir, settings.cgroups, settings.cgroup_name,
             self._on_breaker_event, self._on_breaker_exit,
         )  # fmt: skip
+        self.breaker.health = self.health
         self.exit_code = 0
-        self._events_seq = 0
-        self._events_epoch = time.time_ns()
-        # built early: services poke it (it reads the agent only when a heartbeat is built)
-        self.heartbeat = HeartbeatService(self)
         self.config = ConfigService(
-            self.store, self.keys, settings.host_id, settings.groups, settings.data_dir,
+            self.store, self.keys, host, settings.groups, settings.data_dir,
             base={"log_level": settings.log_level, "heartbeat_s": settings.heartbeat_s,
                   "resync_s": settings.resync_s},
             on_apply=self._apply_config, on_reject=self._publish_event,
             period_s=lambda: self.convergence.resync_s, watch=settings.watch,
-            on_status=self.heartbeat.poke,
+            on_status=self._poke,
         )  # fmt: skip
+        self.config.health = self.health
         self.plugin_state = PluginControlService(
             self.store, self.keys, self.plugin_control, self.supervisor.set_overrides,
             self._on_plugin_store_decision, lambda: self.convergence.resync_s,
             watch=settings.watch,
         )  # fmt: skip
+        self.heartbeat = HeartbeatService(
+            HeartbeatSources(
+                host=host, groups=settings.groups, mode=lambda: self.run_mode.mode,
+                control=lambda: self.policy.state, interval_s=lambda: self.heartbeat_s,
+                rejections=self._rejections, store_ok=lambda: self.convergence.store_ok,
+                config=self.config.report, storage=self.health.report,
+                clock=self.policy.clock_report, plugins=self.supervisor.stats,
+                breaker=self.breaker.report, outputs=self._outputs, facts=local_facts(),
+            ),
+            lambda body: self.bus.publish(self.subjects.heartbeat(host), body),
+            lambda: self.bus.connected,
+            self.log,
+        )  # fmt: skip
         self._unsent_ack: Decision | None = None
-        self.config.health = self.health
-        self.breaker.health = self.health
         self.config.load_last_good()
-        self.storage = StorageService(self)
+        self.storage = StorageService(
+            self.health, self.fd_reserve,
+            (self.state_file.retry, self.config.retry_last_good, self.breaker.retry_save),
+            self._poke, self.log,
+        )  # fmt: skip
 
     @property
     def mode(self) -> RunMode:
-        return RunMode.EXITING if self.exiting else self.policy.state.mode
+        return self.run_mode.mode
+
+    def _poke(self) -> None:
+        self.heartbeat.poke()
+
+    def _rejections(self) -> dict[str, int]:
+        counts = self.policy.counters()
+        counts.update({f"bus.{k}": v for k, v in self.bus.counters.items()})
+        return counts
+
+    def _outputs(self) -> dict[str, OutputReport]:
+        ev = self.events
+        events = OutputReport(dict(ev.counters), len(ev.spool), ev.last_error)
+        return {"inventory": self.latest.report(), "events": events}
 
     def _load_state(self) -> None:
         self.state_file.prepare()  # reserve the slots while there is space
@@ -292,8 +203,7 @@ class Agent:
             # applied anyway (the stop holds in memory); retried until a copy takes it
             self.log.error("state_not_persisted", mode=state.mode.value, held=state.held,
                            storage=self.health.status.value)  # fmt: skip
-        self.gate.set(state.mode is RunMode.RUNNING)
-        self.supervisor.set_allowed(state.mode is RunMode.RUNNING)
+        self.run_mode.changed()
         self.log.info("mode_changed", mode=state.mode.value, rev=state.applied_rev,
                       cmd_id=decision.cmd_id, held=state.held, detail=decision.detail)  # fmt: skip
         self.heartbeat.poke()
@@ -363,17 +273,9 @@ class Agent:
         """A breaker state change: an operator event, a durable telemetry record, a heartbeat."""
         event = t.to_event()
         await self._publish_event(event)
-        if self.bus.connected:
-            from hidsd.wire import frames
-            from hidsd.wire.records import DataType
-
-            self._events_seq += 1
-            body = frames.frame(DataType.AGENT_EVENT, msgpack.packb(event), time.time_ns())
-            headers = frames.batch_headers(self.settings.host_id, "agent", self._events_epoch,
-                                           self._events_seq, 1)  # fmt: skip
-            await self.bus.js_publish(
-                self.subjects.telemetry(self.settings.host_id, "agent"), body, headers
-            )
+        await self.events.offer(
+            frames.frame(DataType.AGENT_EVENT, msgpack.packb(event), time.time_ns())
+        )
 
     def _on_breaker_exit(self, reason: str) -> None:
         self.log.error("breaker_exit", reason=reason, exit_code=EXIT_TRIPPED)
@@ -390,6 +292,7 @@ class Agent:
         await self._send_unsent_ack()
         self.supervisor.kick()
         self.latest.kick()
+        self.events.kick()
         self.convergence.request_resync()
         self.config.follower.request()
         self.plugin_state.follower.request()
@@ -406,41 +309,62 @@ class Agent:
         except BusUnavailable:
             return  # shutting down before NATS was reachable
         await self.commands.subscribe()
+        self.bus_ready.set()
         await self._send_unsent_ack()
         self.log.info("bus_ready", mode=self.mode.value)
         await self.heartbeat.run()
 
+    async def _events_service(self) -> None:
+        try:
+            await self.events.run()
+        finally:
+            self.events.save_unsent()  # queued records wait in the spool for the next start
+
     async def run(self) -> int:
         """Run until `should_exit`; returns the process exit code."""
-        await self.store.open()
+        try:
+            await self.startup()
+            async with asyncio.TaskGroup() as tg:
+                await self.main_loop(tg)
+        finally:
+            await self.shutdown()
+        self.log.info("stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    async def startup(self) -> None:
+        if self._owns_store:
+            await self.store.open()
         self.breaker.setup()
         self.log.info("starting", version=__version__, groups=list(self.settings.groups),
                       mode=self.mode.value, servers=list(self.settings.nats.servers))  # fmt: skip
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(self.convergence.run(), name="convergence"),
-                    tg.create_task(self.config.run(), name="config"),
-                    tg.create_task(self.supervisor.run(), name="plugins"),
-                    tg.create_task(self.plugin_state.run(), name="plugin-state"),
-                    tg.create_task(self.breaker.run(), name="breaker"),
-                    tg.create_task(self.latest.run(), name="inventory-out"),
-                    tg.create_task(self.storage.run(), name="storage"),
-                    tg.create_task(self._bus_service(), name="bus"),
-                ]
-                self.log.info("running", mode=self.mode.value)
-                await self.should_exit.wait()
-                self.exiting = True
-                if self.bus.connected:
-                    await self._graceful()
-                for t in tasks:
-                    t.cancel()
-        finally:
-            self.breaker.teardown()  # plugins are stopped by now
-            self.fd_reserve.close()
-            await self._close()
-        self.log.info("stopped", exit_code=self.exit_code)
-        return self.exit_code
+
+    async def main_loop(self, tg: asyncio.TaskGroup) -> None:
+        """Every service as a named task; on `should_exit`, the bounded goodbye, then cancel."""
+        services = {
+            "convergence": self.convergence.run,
+            "config": self.config.run,
+            "plugins": self.supervisor.run,
+            "plugin-state": self.plugin_state.run,
+            "breaker": self.breaker.run,
+            "inventory-out": self.latest.run,
+            "events-out": self._events_service,
+            "storage": self.storage.run,
+            "bus": self._bus_service,
+        }
+        tasks = [tg.create_task(run(), name=name) for name, run in services.items()]
+        self.log.info("running", mode=self.mode.value)
+        await self.should_exit.wait()
+        self.run_mode.exit()
+        if self.bus.connected:
+            await self._graceful()
+        for t in tasks:
+            t.cancel()
+
+    async def shutdown(self) -> None:
+        """After every task ended (plugins are stopped by now): cgroups, descriptors, clients."""
+        self.breaker.teardown()
+        self.fd_reserve.close()
+        await self._close()
 
     async def _graceful(self) -> None:
         """Say goodbye so the controller marks us offline at once; bounded by the deadline.
@@ -466,6 +390,8 @@ class Agent:
                 await self.bus.close(timeout)
         except TimeoutError:
             self.log.warning("close_timed_out", what="nats", timeout_s=timeout)
+        if not self._owns_store:
+            return
         try:
             async with asyncio.timeout(timeout):
                 await self.store.close()

@@ -108,7 +108,7 @@ class AgentRecord:
                 uptime_s=hb.uptime_s,
                 cpu_pct=hb.cpu_pct,
                 rss_bytes=hb.rss_bytes,
-                facts=hb.facts,
+                facts=hb.facts.to_map(),
                 rejections=hb.rejections,
                 seq=hb.seq,
                 plugins={n: p.to_map() for n, p in hb.plugins.items()},

@@ -324,6 +324,59 @@ class ClockReport:
 
 
 @dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What rarely changes about a host (collected at start) and whether etcd answers.
+
+    Decoding ignores keys it does not know (a newer agent may say more) but refuses a known
+    key of the wrong type."""
+
+    hostname: str = ""
+    os: str = ""
+    os_id: str = ""
+    kernel: str = ""
+    arch: str = ""
+    ips: tuple[str, ...] = ()
+    boot_time: float = 0.0
+    cpus: int = 0
+    python: str = ""
+    #: the agent's last etcd read or watch succeeded (None: not reported)
+    store_ok: bool | None = None
+
+    def to_map(self) -> dict[str, Any]:
+        m: dict[str, Any] = {"hostname": self.hostname, "os": self.os, "os_id": self.os_id,
+                             "kernel": self.kernel, "arch": self.arch, "ips": list(self.ips),
+                             "boot_time": self.boot_time, "cpus": self.cpus,
+                             "python": self.python}  # fmt: skip
+        if self.store_ok is not None:
+            m["store_ok"] = self.store_ok
+        return m
+
+    @classmethod
+    def from_map(cls, m: dict[str, Any]) -> HostFacts:
+        what = "heartbeat.facts"
+
+        def opt(key: str, typ: type | tuple[type, ...], default: Any) -> Any:
+            return get_field(m, key, typ, what) if key in m else default
+
+        ips = opt("ips", list, [])
+        if not all(isinstance(ip, str) for ip in ips):
+            raise ProtocolError(f"{what}: ips must be strings", field="facts.ips")
+        store_ok = opt("store_ok", bool, None)
+        return cls(
+            hostname=opt("hostname", str, ""),
+            os=opt("os", str, ""),
+            os_id=opt("os_id", str, ""),
+            kernel=opt("kernel", str, ""),
+            arch=opt("arch", str, ""),
+            ips=tuple(ips),
+            boot_time=finite(m, "boot_time", what) if "boot_time" in m else 0.0,
+            cpus=opt("cpus", int, 0),
+            python=opt("python", str, ""),
+            store_ok=store_ok,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
     """What an agent tells the fleet about itself (E1, E4). `bye` marks a clean exit."""
 
@@ -339,7 +392,7 @@ class Heartbeat:
     uptime_s: float
     cpu_pct: float
     rss_bytes: int
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: HostFacts = field(default_factory=HostFacts)
     rejections: dict[str, int] = field(default_factory=dict)
     bye: bool = False
     config: ConfigReport = field(default_factory=ConfigReport)
@@ -390,7 +443,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
             "uptime_s": hb.uptime_s,
             "cpu_pct": hb.cpu_pct,
             "rss_bytes": hb.rss_bytes,
-            "facts": hb.facts,
+            "facts": hb.facts.to_map(),
             "rejections": hb.rejections,
             "bye": hb.bye,
             "config": hb.config.to_map(),
@@ -435,7 +488,7 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
         uptime_s=float(values["uptime_s"]),
         cpu_pct=float(values["cpu_pct"]),
         rss_bytes=values["rss_bytes"],
-        facts=values["facts"],
+        facts=HostFacts.from_map(values["facts"]),
         rejections=rejections,
         bye=values["bye"],
         config=ConfigReport.from_map(optional_map(m, "config")),

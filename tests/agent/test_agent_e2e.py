@@ -157,7 +157,7 @@ async def test_agent_restart_never_goes_back(stack: Stack) -> None:
         b = await stack.start_agent("solo-1", ["web"], etcd_endpoints=["127.0.0.1:1"])
         await wait_for(lambda: obs.mode("solo-1") == "stopped", 20, "restarted agent stopped")
         assert obs.heartbeats["solo-1"].applied_rev == res["rev"]
-        assert obs.heartbeats["solo-1"].facts["store_ok"] is False
+        assert obs.heartbeats["solo-1"].facts.store_ok is False
         b.stop()
     finally:
         await obs.close()

@@ -70,7 +70,7 @@ async def restart_with_etcd_down(stack: Stack, agent: Proc, host: str, obs: Obse
     hb = obs.heartbeats[host]
     assert hb.mode.value == "stopped", f"escaped the stop after a restart: {hb.mode}"
     assert not hb.plugins, hb.plugins  # no plugin started
-    assert hb.facts["store_ok"] is False
+    assert hb.facts.store_ok is False
     await asyncio.sleep(1.0)  # still stopped a while later
     assert obs.mode(host) == "stopped" and not obs.heartbeats[host].plugins
     assert again.popen.poll() is None
@@ -90,7 +90,7 @@ async def start_with_loadgen(s: Stack, obs: Observer, host: str, data_dir: Path)
 async def resume_once_healthy(s: Stack, obs: Observer, host: str) -> None:
     """Storage ok and etcd back, then a resume brings loadgen back."""
     await wait_for(lambda: storage(obs, host).get("status") == "ok", 15, "storage ok")
-    await wait_for(lambda: obs.heartbeats[host].facts["store_ok"], 30, "etcd back")
+    await wait_for(lambda: obs.heartbeats[host].facts.store_ok, 30, "etcd back")
     res = await fleet(s, "resume")
     assert res["acked_hosts"] == [host]
     await wait_for(lambda: plugin(obs, host, "loadgen").get("state") == "running", 30,

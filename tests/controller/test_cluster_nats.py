@@ -15,7 +15,7 @@ from hidsd.bus.transport import Bus, BusOptions
 from hidsd.controller.cluster import Cluster
 from hidsd.controller.presence import HeartbeatMeta
 from hidsd.wire.commands import Ack, AckStatus, RunMode, encode_ack
-from hidsd.wire.heartbeat import Heartbeat, encode_heartbeat
+from hidsd.wire.heartbeat import Heartbeat, HostFacts, encode_heartbeat
 from hidsd.wire.names import Subjects
 
 
@@ -106,7 +106,7 @@ async def test_a_burst_bigger_than_a_nats_message_arrives_in_several_batches(
         hb = Heartbeat(host=f"h{i}", version="t", groups=(), mode=RunMode.RUNNING,
                        applied_rev=1, held=False, interval_s=1.0, seq=1, sent_at=1.0,
                        uptime_s=1.0, cpu_pct=0.0, rss_bytes=1,
-                       facts={"pad": "x" * 1400})  # fmt: skip
+                       facts=HostFacts(hostname="x" * 1400))  # fmt: skip
         a.forward_heartbeat(hb, encode_heartbeat(hb))
     await a.flush()
     await wait_for(lambda: len(bgot["hb"]) == 2000, 10, "every forwarded heartbeat")

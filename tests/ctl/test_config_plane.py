@@ -219,7 +219,7 @@ async def test_etcd_down_agents_keep_last_good_and_converge_when_back(
         )  # fmt: skip
         hb = obs.heartbeats["ed-1"]
         assert hb.config.versions == {"fleet": 1}
-        assert hb.interval_s == 0.3 and hb.facts["store_ok"] is False
+        assert hb.interval_s == 0.3 and hb.facts.store_ok is False
         s.etcd.restart()
         await _set(s, "fleet", "heartbeat_s = 0.35\n")
         await wait_for(lambda: obs.heartbeats["ed-1"].config.versions == {"fleet": 2},

@@ -100,7 +100,7 @@ async def test_etcd_down_refuses_then_unrecorded_stop_is_held_until_newer_state(
         for h in ("e-1", "e-2"):
             await s.start_agent(h, ["web"], resync_s=1.0)
         await wait_for(lambda: len(obs.heartbeats) == 2, 20, "agents up")
-        await wait_for(lambda: all(hb.facts["store_ok"] for hb in obs.heartbeats.values()))
+        await wait_for(lambda: all(hb.facts.store_ok for hb in obs.heartbeats.values()))
         s.etcd.stop()
 
         # Refused by default: nothing broadcast, agents keep running.
@@ -121,7 +121,7 @@ async def test_etcd_down_refuses_then_unrecorded_stop_is_held_until_newer_state(
         # etcd comes back; agents resync (every ~1 s) against the older desired state and keep
         # the hold.
         s.etcd.restart()
-        await wait_for(lambda: all(hb.facts["store_ok"] for hb in obs.heartbeats.values()), 20)
+        await wait_for(lambda: all(hb.facts.store_ok for hb in obs.heartbeats.values()), 20)
         await asyncio.sleep(2.5)
         assert all(hb.held and hb.mode.value == "stopped" for hb in obs.heartbeats.values())
 

@@ -34,6 +34,7 @@ from hidsd.wire.heartbeat import (
     ClockReport,
     DenylistEntry,
     Heartbeat,
+    HostFacts,
     OutputReport,
     PluginReport,
     decode_heartbeat,
@@ -94,7 +95,7 @@ def make_heartbeat(**overrides: Any) -> Heartbeat:
         "uptime_s": 99.0,
         "cpu_pct": 1.5,
         "rss_bytes": 30_000_000,
-        "facts": {"os": "linux", "cores": 2},
+        "facts": HostFacts(os="linux", cpus=2, ips=("10.0.0.1",), store_ok=True),
         "rejections": {"expired": 1},
         "bye": False,
     }
@@ -542,7 +543,7 @@ def test_ack_bad_names(field_name: str) -> None:
             groups=(),
             mode=RunMode.STOPPED,
             held=True,
-            facts={},
+            facts=HostFacts(),
             rejections={},
             bye=True,
         ),
@@ -927,3 +928,24 @@ def test_breaker_and_output_reports_round_trip_and_refuse_garbage() -> None:
             decode_heartbeat(pack(hb_map(breaker=bad)))
     with pytest.raises(ProtocolError):
         decode_heartbeat(pack(hb_map(outputs={"inventory": {"pending": 0, "x": "y"}})))
+
+
+def test_host_facts_round_trip_ignores_unknown_keys_and_refuses_wrong_types() -> None:
+    facts = HostFacts(
+        hostname="h",
+        os="Debian",
+        os_id="debian",
+        kernel="6.1",
+        arch="x86_64",
+        ips=("10.0.0.1",),
+        boot_time=1.5,
+        cpus=2,
+        python="3.11",
+        store_ok=False,
+    )
+    assert HostFacts.from_map(facts.to_map()) == facts
+    assert "store_ok" not in HostFacts().to_map()
+    assert HostFacts.from_map({"os": "x", "newer_fact": [1]}) == HostFacts(os="x")
+    for bad in ({"cpus": "2"}, {"ips": [1]}, {"store_ok": 1}, {"boot_time": float("nan")}):
+        with pytest.raises(ProtocolError):
+            HostFacts.from_map(bad)

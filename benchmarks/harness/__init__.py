@@ -1,0 +1,13 @@
+"""The benchmarks' one framework.
+
+* `report`: results (machine facts, code state, duration, the JSON file, the summary), units,
+  percentiles, process figures.
+* `stack`: a local nats-server + etcd for one run (`hidsd.dev.devstack`), torn down on exit.
+* `workers`: worker processes the coordinator drives over NATS (spawn, ready, one operation at a
+  time, exit), and the worker side's operation table.
+* `fleet`: N simulated agents in one worker, each a real `hidsd.agent.app.Agent` (its own
+  services and policies, nothing copied) sharing one etcd channel and one event loop.
+
+A benchmark is a coordinator script (`benchmarks/NAME.py`) plus, if it simulates agents or
+load, a worker script (`benchmarks/NAME_worker.py`) built from these parts.
+"""
