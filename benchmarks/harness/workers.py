@@ -81,20 +81,24 @@ class WorkerPool:
 
         sub = await self.bus.subscribe(READY_SUBJECT, on_ready)
         try:
-            for i, cfg in enumerate(configs):
-                log = self.workdir / f"worker-{i}.log"
-                with open(log, "ab") as out:
-                    argv = [sys.executable, str(self.script), json.dumps({**cfg, "index": i})]
-                    self.procs.append(subprocess.Popen(
-                        with_pdeathsig(argv, os.getpid()), stdout=out, stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL, cwd=self.script.parents[1],
-                    ))  # fmt: skip
-                self.logs.append(log)
+            self._spawn(configs)
             await self._wait(done, timeout, "the workers to be ready")
         finally:
             await sub.unsubscribe()
         self.ready.sort(key=lambda r: int(r["worker"]))
         return self.ready
+
+    def _spawn(self, configs: Sequence[Mapping[str, Any]]) -> None:
+        for i, cfg in enumerate(configs):
+            log = self.workdir / f"worker-{i}.log"
+            argv = [sys.executable, str(self.script), json.dumps({**cfg, "index": i})]
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(
+                    with_pdeathsig(argv, os.getpid()), stdout=out, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            self.procs.append(proc)
+            self.logs.append(log)
 
     async def _wait(self, done: asyncio.Event, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
