@@ -118,7 +118,10 @@ async def test_cpu_burner_throttled_shed_denylisted_then_normal(stack: Stack) ->
                        "drill running again after clear")  # fmt: skip
         assert "drill" not in breaker(obs, "br-cpu")["denylist"]
 
-        # each state change is also a durable record in the telemetry stream
+        # each state change is also a durable record in the telemetry stream, sent through the
+        # agent's own spooled pipeline (its counters in the heartbeat's outputs)
+        await wait_for(lambda: obs.heartbeats["br-cpu"].outputs["events"].counters.get(
+            "records_out", 0) >= 5, 10, "the transitions counted out")  # fmt: skip
         code, out, err = await stack.hidsctl("events", "tail", "--host", "br-cpu", "--plugin",
                                              "agent", "--since", "5m", "--count", "5",
                                              "--idle-exit", "3", "--json")  # fmt: skip
