@@ -135,7 +135,8 @@ class Cluster:
         self._hb, self._acks, self._bytes = [], [], 0
         batches: list[tuple[list[SyncHeartbeat], list[bytes]]] = [([], [])]
         size = 0
-        for item in [*hb, *acks]:
+        items: list[SyncHeartbeat | bytes] = [*hb, *acks]
+        for item in items:
             n = (len(item.raw or b"") if isinstance(item, SyncHeartbeat) else len(item)) + 64
             if size + n > FLUSH_BYTES and (batches[-1][0] or batches[-1][1]):
                 batches.append(([], []))
