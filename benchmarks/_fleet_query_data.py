@@ -537,7 +537,8 @@ class Query:
 
     def ranges(self) -> list[Any]:
         """Parsed the way `hidsctl query package|advisory` parses them."""
-        from hidsd.wire.ranges import parse_osv, parse_vers
+        from hidsd.wire.osv import parse_osv
+        from hidsd.wire.ranges import parse_vers
 
         if self.kind == "package":
             return [parse_vers(self.spec, self.package)]

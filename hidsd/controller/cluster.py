@@ -28,15 +28,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import structlog
 from nats.aio.msg import Msg
 
+from hidsd.base.errors import ProtocolError
 from hidsd.bus.transport import Bus
-from hidsd.controller.presence import HeartbeatMeta
 from hidsd.wire.heartbeat import Heartbeat
 from hidsd.wire.names import Subjects
 from hidsd.wire.rpc import decode_reply, encode_request
+from hidsd.wire.sync import HeartbeatMeta, SyncBatch, SyncHeartbeat, decode_sync, encode_sync
 
 #: a batch bigger than this is flushed at once (NATS max_payload is 1 MiB)
 FLUSH_BYTES = 512 << 10
@@ -89,7 +89,7 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self.log: Any = structlog.get_logger("hidsd.controller.cluster").bind(name=self.name)
-        self._hb: list[list[Any]] = []
+        self._hb: list[SyncHeartbeat] = []
         self._sent: dict[str, tuple[int, float]] = {}  # host -> (significant hash, when)
         self._acks: list[bytes] = []
         self._bytes = 0
@@ -105,7 +105,7 @@ class Cluster:
         """Liveness always; the body only when something an operator looks at changed (run
         mode, revision, config, breaker, plugin states), or every `body_every_s` anyway, so
         peers' detail views lag by at most that while forwarding stays small."""
-        meta = HeartbeatMeta.of(hb).to_list()
+        meta = HeartbeatMeta.of(hb)
         sig = _significant(hb)
         now = time.monotonic()
         last = self._sent.get(hb.host)
@@ -113,10 +113,10 @@ class Cluster:
             # next unconditional body: jittered, so hosts first seen together do not all
             # come due in the same batch
             self._sent[hb.host] = (sig, now + self.body_every_s * random.uniform(0.75, 1.25))
-            self._hb.append([*meta, raw, skew_s])
+            self._hb.append(SyncHeartbeat(meta, raw, skew_s))
             self._grow(len(raw))
         else:
-            self._hb.append([*meta, None, skew_s])
+            self._hb.append(SyncHeartbeat(meta, None, skew_s))
             self._grow(48)
 
     def forward_ack(self, raw: bytes) -> None:
@@ -133,21 +133,24 @@ class Cluster:
         lot between two flushes; one batch over NATS's max_payload would be lost whole)."""
         hb, acks = self._hb, self._acks
         self._hb, self._acks, self._bytes = [], [], 0
-        batches: list[tuple[list[list[Any]], list[bytes]]] = [([], [])]
+        batches: list[tuple[list[SyncHeartbeat], list[bytes]]] = [([], [])]
         size = 0
-        items: list[tuple[int, Any]] = [(0, h) for h in hb] + [(1, r) for r in acks]
-        for kind, item in items:
-            n = (len(item[6] or b"") if kind == 0 else len(item)) + 64
+        items: list[SyncHeartbeat | bytes] = [*hb, *acks]
+        for item in items:
+            n = (len(item.raw or b"") if isinstance(item, SyncHeartbeat) else len(item)) + 64
             if size + n > FLUSH_BYTES and (batches[-1][0] or batches[-1][1]):
                 batches.append(([], []))
                 size = 0
-            batches[-1][kind].append(item)
+            if isinstance(item, SyncHeartbeat):
+                batches[-1][0].append(item)
+            else:
+                batches[-1][1].append(item)
             size += n
         for bhb, backs in batches:
             if not bhb and not backs and len(batches) > 1:
                 continue
-            body = msgpack.packb({"id": self.id, "name": self.name, "started": self.started,
-                                  "hb": bhb, "acks": backs}, use_bin_type=True)  # fmt: skip
+            body = encode_sync(SyncBatch(self.id, self.name, self.started, tuple(bhb),
+                                         tuple(backs)))  # fmt: skip
             try:
                 await self.bus.publish(self.subjects.ctl_sync(), body)
                 self._count("sync_sent")
@@ -172,33 +175,24 @@ class Cluster:
 
     async def on_sync(self, msg: Msg) -> None:
         try:
-            m = msgpack.unpackb(msg.data, raw=False)
-            peer, name = str(m["id"]), str(m["name"])
-            hbs, acks = list(m["hb"]), list(m["acks"])
-            started = float(m["started"])
-        except Exception as exc:
+            batch = decode_sync(msg.data)
+        except ProtocolError as exc:
             self._count("bad_sync")
             self.log.warning("bad_sync", error=str(exc))
             return
-        if peer == self.id:
+        if batch.id == self.id:
             return
         now = time.time()
-        if peer not in self.members:
-            self.log.info("member_joined", peer=name, id=peer)
-        self.members[peer] = Member(peer, name, now, started)
-        for item in hbs:
-            try:
-                meta = HeartbeatMeta.from_list(item[:6])
-                raw = None if item[6] is None else bytes(item[6])
-                # the receiver's measure of the agent's clock (absent from older members)
-                skew = float(item[7]) if len(item) > 7 and item[7] is not None else None
-            except (ValueError, TypeError, IndexError) as exc:
-                self._count("bad_sync")
-                self.log.warning("bad_sync_item", error=str(exc))
-                continue
-            self.on_heartbeat(meta, raw, skew)
-        for raw in acks:
-            self.on_ack(bytes(raw))
+        if batch.id not in self.members:
+            self.log.info("member_joined", peer=batch.name, id=batch.id)
+        self.members[batch.id] = Member(batch.id, batch.name, now, batch.started)
+        for error in batch.rejected:
+            self._count("bad_sync")
+            self.log.warning("bad_sync_item", error=error)
+        for item in batch.heartbeats:
+            self.on_heartbeat(item.meta, item.raw, item.skew_s)
+        for raw in batch.acks:
+            self.on_ack(raw)
         self._count("sync_received")
 
     def alive(self) -> list[str]:

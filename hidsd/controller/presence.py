@@ -24,6 +24,11 @@ from typing import Any
 
 from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat, storage_to_map
 from hidsd.wire.names import FLEET_TARGET, Scope
+from hidsd.wire.sync import HeartbeatMeta
+
+#: HeartbeatMeta (defined with the sync batch that carries it) is presence's input too
+__all__ = ["AGENT_CLIENT_PREFIX", "CLOCK_SKEW_WARN_S", "AgentRecord", "HeartbeatMeta", "Liveness",
+           "Presence"]  # fmt: skip
 
 AGENT_CLIENT_PREFIX = "hidsd:"
 #: an agent whose clock is off by more than this (against the controller's) is named in views
@@ -33,31 +38,6 @@ CLOCK_SKEW_WARN_S = 2.0
 class Liveness(StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
-
-
-@dataclass(frozen=True, slots=True)
-class HeartbeatMeta:
-    """What presence needs from a heartbeat, forwarded between controllers with its bytes."""
-
-    host: str
-    groups: tuple[str, ...]
-    interval_s: float
-    sent_at: float
-    seq: int
-    bye: bool
-
-    @classmethod
-    def of(cls, hb: Heartbeat) -> HeartbeatMeta:
-        return cls(hb.host, hb.groups, hb.interval_s, hb.sent_at, hb.seq, hb.bye)
-
-    def to_list(self) -> list[Any]:
-        return [self.host, list(self.groups), self.interval_s, self.sent_at, self.seq, self.bye]
-
-    @classmethod
-    def from_list(cls, v: list[Any]) -> HeartbeatMeta:
-        host, groups, interval_s, sent_at, seq, bye = v
-        return cls(str(host), tuple(str(g) for g in groups), float(interval_s), float(sent_at),
-                   int(seq), bool(bye))  # fmt: skip
 
 
 @dataclass(slots=True)

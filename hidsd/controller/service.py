@@ -473,35 +473,26 @@ class Controller:
 
     def on_inventory(self, subject: str, headers: dict[str, str], data: bytes) -> bool:
         """One host's package set (a PACKAGES_STATE frame) into the index."""
-        import zlib
-
-        import msgpack
-
         from hidsd.wire import frames
+        from hidsd.wire.inventory import decode_packages_state
 
         host = subject.rsplit(".", 1)[-1]
         try:
             if headers.get(frames.H_HOST, host) != host:
                 raise ProtocolError("host header does not match the subject")
             hdr = frames.unpack_header(data[: frames.HEADER_SIZE], frames.DEFAULT_MAX_FRAME_BYTES)
-            record = msgpack.unpackb(data[frames.HEADER_SIZE :], raw=False)
-            z = zlib.decompressobj()
-            blob = z.decompress(record["packages_z"], INVENTORY_MAX_BYTES)
-            if z.unconsumed_tail:
-                raise ProtocolError(f"package list over {INVENTORY_MAX_BYTES} bytes")
-            rows = msgpack.unpackb(blob, raw=False)
-            packages = [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
-            # a binary's source package, as advisories name it (openssl for libssl3)
-            # (not for rpm: a .src.rpm name carries no epoch, so its version would sort below
-            # the binary's and match ranges the binary is outside of)
-            packages += [(str(r[0]), str(r[4]), str(r[5] or r[2])) for r in rows
-                         if len(r) >= 6 and r[4] and r[4] != r[1] and r[0] != "rpm"]  # fmt: skip
-            os_id, os_version = str(record.get("os_id", "")), str(record.get("os_version", ""))
-        except (ProtocolError, ValueError, KeyError, TypeError, IndexError, zlib.error) as exc:
+            state = decode_packages_state(data[frames.HEADER_SIZE :], INVENTORY_MAX_BYTES)
+        except ProtocolError as exc:
             self.counters["bad_inventory"] += 1
             self.log.warning("bad_inventory", host=host, error=str(exc))
             return False
-        applied = self.index.update(host, packages, hdr.ts_ns / 1e9, os_id, os_version)
+        packages = [(r.ecosystem, r.name, r.version) for r in state.packages]
+        # a binary's source package, as advisories name it (openssl for libssl3)
+        # (not for rpm: a .src.rpm name carries no epoch, so its version would sort below
+        # the binary's and match ranges the binary is outside of)
+        packages += [(r.ecosystem, r.source, r.source_version or r.version) for r in state.packages
+                     if r.source and r.source != r.name and r.ecosystem != "rpm"]  # fmt: skip
+        applied = self.index.update(host, packages, hdr.ts_ns / 1e9, state.os_id, state.os_version)
         self.counters["inventories" if applied else "inventories_older"] += 1
         return applied
 

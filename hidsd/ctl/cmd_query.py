@@ -130,7 +130,8 @@ def query_advisory(
     as_json: JsonOpt = False,
 ) -> None:
     """Which hosts run any package in an affected range of an OSV advisory."""
-    from hidsd.wire.ranges import QueryError, parse_osv
+    from hidsd.wire.osv import parse_osv
+    from hidsd.wire.ranges import QueryError
 
     try:
         adv = parse_osv(file.read_bytes())

@@ -18,14 +18,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 from nats.aio.msg import Msg
 
 from hidsd.base.aio import wait_timeout
 from hidsd.base.errors import NoResponse, NotRecorded, ProtocolError, StoreUnavailable
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus
-from hidsd.wire.commands import CLOCK_TOLERANCE_S, Ack, AckStatus, Command, CommandKind, decode_ack
+from hidsd.wire.commands import (
+    CLOCK_TOLERANCE_S,
+    Ack,
+    AckStatus,
+    AuditEntry,
+    Command,
+    CommandKind,
+    decode_ack,
+    encode_audit_entry,
+)
 from hidsd.wire.names import KeyLayout, Scope, Subjects
 from hidsd.wire.rpc import decode_reply, encode_request
 from hidsd.wire.signing import OperatorKey, RejectReason
@@ -256,17 +264,8 @@ async def issue_command(
         t0 = time.perf_counter()
         stored = Command(cmd_id, kind, scope, target, 0, issued_at, issued_at + ttl_s, cmd_args)
         try:
-            audit = msgpack.packb(
-                {
-                    "id": cmd_id,
-                    "kind": kind.value,
-                    "scope": scope.value,
-                    "target": target,
-                    "issued_at": issued_at,
-                    "key_id": key.key_id,
-                    "author": author,
-                    "args": cmd_args,
-                }
+            audit = encode_audit_entry(
+                AuditEntry(cmd_id, kind, scope, target, issued_at, key.key_id, author, cmd_args)
             )
             puts = {keys.command_log(cmd_id): audit}
             if desired_key is not None:

@@ -62,6 +62,11 @@ class Plugin:
         """Encode and frame one record; ValueError if it exceeds the agent's frame limit
         (the agent would treat it as garbage and restart the plugin): split it instead."""
         payload: bytes = msgpack.packb(record, use_bin_type=True)
+        return self.frame(data_type, payload, ts_ns)
+
+    def frame(self, data_type: int, payload: bytes, ts_ns: int | None = None) -> bytes:
+        """Frame a payload already encoded (by a typed codec of `hidsd.wire`); ValueError if
+        it exceeds the agent's frame limit."""
         if len(payload) > frames.DEFAULT_MAX_FRAME_BYTES:
             raise ValueError(
                 f"record of {len(payload)} bytes exceeds the frame limit "

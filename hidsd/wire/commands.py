@@ -1,4 +1,4 @@
-"""Commands, signed envelopes and acks (the kill switch's bytes).
+"""Commands, signed envelopes, acks and the audit log's entries (the kill switch's bytes).
 
 Commands are signed as bytes, not objects: the envelope is the msgpack array
 ``[body_bytes, key_id, signature]`` and the body is the msgpack map
@@ -122,6 +122,24 @@ def encode_command_body(cmd: Command) -> bytes:
     )
 
 
+def _target(m: dict[str, Any], scope: Scope, what: str) -> str:
+    """The target field, checked against its scope."""
+    target: str = get_field(m, "target", str, what)
+    if scope is Scope.FLEET:
+        if target != FLEET_TARGET:
+            raise ProtocolError(f"{what}: fleet commands target '*'", field="target")
+    else:
+        check_name(target, "target")
+    return target
+
+
+def _kind_and_scope(m: dict[str, Any], what: str) -> tuple[CommandKind, Scope]:
+    try:
+        return CommandKind(get_field(m, "kind", str, what)), Scope(get_field(m, "scope", str, what))
+    except ValueError as exc:
+        raise ProtocolError(f"{what}: {exc}") from exc
+
+
 def decode_command_body(body: bytes) -> Command:
     m = unpack(body, "command body")
     what = "command body"
@@ -131,17 +149,8 @@ def decode_command_body(body: bytes) -> Command:
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"{what}: unsupported protocol version {version}", field="v")
     cmd_id = check_name(get_field(m, "id", str, what), "command id")
-    try:
-        kind = CommandKind(get_field(m, "kind", str, what))
-        scope = Scope(get_field(m, "scope", str, what))
-    except ValueError as exc:
-        raise ProtocolError(f"{what}: {exc}") from exc
-    target = get_field(m, "target", str, what)
-    if scope is Scope.FLEET:
-        if target != FLEET_TARGET:
-            raise ProtocolError(f"{what}: fleet commands target '*'", field="target")
-    else:
-        check_name(target, "target")
+    kind, scope = _kind_and_scope(m, what)
+    target = _target(m, scope, what)
     rev = get_field(m, "rev", int, what)
     if rev < 0:
         raise ProtocolError(f"{what}: negative revision", field="rev")
@@ -149,6 +158,56 @@ def decode_command_body(body: bytes) -> Command:
     expires_at = finite(m, "expires_at", what)
     args = get_field(m, "args", dict, what)
     return Command(cmd_id, kind, scope, target, rev, issued_at, expires_at, args)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """A command in etcd's audit log (`KeyLayout.command_log`): written create-only in the
+    transaction that records its desired state, so every recorded command says who issued
+    it, when and with which key, even one-off actions that leave no desired state."""
+
+    id: str
+    kind: CommandKind
+    scope: Scope
+    target: str
+    issued_at: float
+    key_id: str
+    author: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_audit_entry(entry: AuditEntry) -> bytes:
+    return pack(
+        {
+            "id": entry.id,
+            "kind": entry.kind.value,
+            "scope": entry.scope.value,
+            "target": entry.target,
+            "issued_at": entry.issued_at,
+            "key_id": entry.key_id,
+            "author": entry.author,
+            "args": entry.args,
+        }
+    )
+
+
+def decode_audit_entry(data: bytes) -> AuditEntry:
+    what = "audit entry"
+    m = unpack(data, what, MAX_COMMAND_BYTES)
+    if not isinstance(m, dict):
+        raise ProtocolError(f"{what}: expected a map")
+    cmd_id = check_name(get_field(m, "id", str, what), "command id")
+    kind, scope = _kind_and_scope(m, what)
+    return AuditEntry(
+        id=cmd_id,
+        kind=kind,
+        scope=scope,
+        target=_target(m, scope, what),
+        issued_at=finite(m, "issued_at", what),
+        key_id=get_field(m, "key_id", str, what),
+        author=get_field(m, "author", str, what),
+        args=get_field(m, "args", dict, what),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections import Counter
 
 from hidsd.controller.cluster import owner
-from hidsd.controller.presence import HeartbeatMeta, Liveness, Presence
+from hidsd.controller.presence import Liveness, Presence
 from hidsd.wire.commands import RunMode
 from hidsd.wire.heartbeat import Heartbeat, encode_heartbeat
 from hidsd.wire.names import Scope
+from hidsd.wire.sync import HeartbeatMeta
 
 
 def hb(host: str, seq: int, sent_at: float, bye: bool = False) -> Heartbeat:
@@ -55,8 +56,3 @@ def test_forwarded_heartbeat_updates_presence_and_decodes_lazily() -> None:
     # the heartbeat timeout works from forwarded ones too
     p.on_forwarded(HeartbeatMeta.of(hb("h2", 1, 100.0)), encode_heartbeat(hb("h2", 1, 100.0)), 5.0)
     assert p.sweep(now=5.5) == [] and p.sweep(now=9.0) == ["h1", "h2"]
-
-
-def test_meta_round_trip() -> None:
-    m = HeartbeatMeta.of(hb("h9", 7, 123.5))
-    assert HeartbeatMeta.from_list(m.to_list()) == m

@@ -13,10 +13,10 @@ from support import Stack, wait_for
 
 from hidsd.bus.transport import Bus, BusOptions
 from hidsd.controller.cluster import Cluster
-from hidsd.controller.presence import HeartbeatMeta
 from hidsd.wire.commands import Ack, AckStatus, RunMode, encode_ack
 from hidsd.wire.heartbeat import Heartbeat, HostFacts, encode_heartbeat
 from hidsd.wire.names import Subjects
+from hidsd.wire.sync import HeartbeatMeta
 
 
 async def member(stack: Stack, subjects: Subjects, name: str, delay: float = 0.0) -> Any:

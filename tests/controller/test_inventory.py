@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from hidsd.controller.inventory import InventoryIndex, Match
-from hidsd.wire.ranges import AffectedRange, parse_osv, parse_vers
+from hidsd.wire.osv import parse_osv
+from hidsd.wire.ranges import AffectedRange, parse_vers
 
 OSSL_U4 = ("deb", "openssl", "1.1.1n-0+deb11u4")
 OSSL_U5 = ("deb", "openssl", "1.1.1n-0+deb11u5")

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from support import Stack, wait_for
 
+from hidsd.wire.commands import CommandKind, decode_audit_entry
+from hidsd.wire.names import Scope
+
 PY = sys.executable
 
 
@@ -83,6 +86,13 @@ async def test_stop_with_controller_down_counts_acks_and_says_expected_unknown(
         assert res["recorded"] and res["broadcast"]
         assert res["expected_known"] is False and res["missing_hosts"] is None
         assert res["acked_hosts"] == ["nc-1", "nc-2"]
+        store = await stack.root_store()  # the audit entry, recorded with the desired state
+        try:
+            kv = await store.get(stack.keys.command_log(res["cmd_id"]))
+        finally:
+            await store.close()
+        entry = decode_audit_entry(kv.value)
+        assert (entry.kind, entry.scope, entry.target) == (CommandKind.STOP, Scope.FLEET, "*")
         code, out, _err = await stack.hidsctl("fleet", "resume", "--wait", "2")
         assert code == 1
         assert "UNKNOWN" in out and "no controller answered" in out

@@ -134,6 +134,10 @@ class Runner:
     def emit(self, data_type: int, record: dict[str, Any], ts_ns: int | None = None) -> None:
         self.plugin.emit(int(data_type), record, ts_ns)
 
+    def emit_payload(self, data_type: int, payload: bytes, ts_ns: int | None = None) -> None:
+        """A record a typed codec of `hidsd.wire` encoded (the bytes it defines go out as is)."""
+        self.plugin.write(self.plugin.frame(int(data_type), payload, ts_ns))
+
     def status(self, event: str, **fields: Any) -> None:
         self.emit(DataType.STATUS, {"plugin": self.name, "event": event, **fields})
 
