@@ -1,4 +1,5 @@
-"""Events, and the controller's request/reply envelopes (compressed when large).
+"""Events, the controller's request/reply envelopes (compressed when large), the verbs' request
+parameters, and `Verb`: a verb's name with its reply's decoder.
 
 Pure: no I/O, no state; every decoder takes untrusted bytes and returns a validated value
 or raises `ProtocolError`."""
@@ -6,13 +7,14 @@ or raises `ProtocolError`."""
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from hidsd.base.errors import ProtocolError
 from hidsd.wire.codec import finite, get_field, pack, unpack
-from hidsd.wire.names import (
-    check_name,
-)
+from hidsd.wire.fields import Plain, WireMap, as_map, as_number, as_plain, as_text, get
+from hidsd.wire.names import Scope, check_name
 
 
 def encode_event(host: str, event: dict[str, Any], at: float) -> bytes:
@@ -29,7 +31,29 @@ def decode_event(data: bytes) -> dict[str, Any]:
     return m
 
 
-def encode_request(params: dict[str, Any]) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An agent event as the controller keeps it (and `agents show` lists it): who, what kind,
+    when by the agent's clock, and the kind's own details."""
+
+    host: str
+    kind: str
+    at: float
+    detail: Mapping[str, Plain]
+
+    def to_wire(self) -> dict[str, Plain]:
+        return {"host": self.host, "at": self.at, "kind": self.kind, **self.detail}
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str = "event") -> Event:
+        m = as_map(obj, what)
+        rest = {k: as_plain(v, f"{what}.{k}") for k, v in m.items()
+                if k not in ("host", "kind", "at")}  # fmt: skip
+        return cls(get(m, "host", as_text, what), get(m, "kind", as_text, what),
+                   get(m, "at", as_number, what), rest)  # fmt: skip
+
+
+def encode_request(params: WireMap) -> bytes:
     return pack(params)
 
 
@@ -49,7 +73,7 @@ REPLY_COMPRESS_BYTES = 64 << 10
 REPLY_MAX_BYTES = 256 << 20
 
 
-def encode_reply(result: Any = None, error: str | None = None) -> bytes:
+def encode_reply(result: Plain = None, error: str | None = None) -> bytes:
     if error is not None:
         return pack({"ok": False, "error": error})
     body = pack({"ok": True, "result": result})
@@ -59,7 +83,8 @@ def encode_reply(result: Any = None, error: str | None = None) -> bytes:
 
 
 def decode_reply(data: bytes) -> Any:
-    """Return the result or raise ProtocolError carrying the controller's error message."""
+    """Return the result or raise ProtocolError carrying the controller's error message.
+    The result is untrusted: a verb's reply type checks it (`Verb.decode`)."""
     m = unpack(data, "reply")
     if not isinstance(m, dict) or "ok" not in m:
         raise ProtocolError("reply: expected a map with 'ok'")
@@ -75,3 +100,79 @@ def decode_reply(data: bytes) -> Any:
             raise ProtocolError(f"reply: expands beyond {REPLY_MAX_BYTES} bytes")
         return unpack(raw, "reply")
     return m.get("result")
+
+
+class Reply(Protocol):
+    """What a verb's handler returns: the reply encoder sends `to_wire()`."""
+
+    def to_wire(self) -> WireMap: ...
+
+
+R_co = TypeVar("R_co", bound=Reply, covariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Verb(Generic[R_co]):
+    """A request/reply verb: the name it is asked by (`<prefix>.ctl.<name>`, or
+    `<prefix>.ctlpeer.<id>.<name>` between controllers) and its reply's decoder."""
+
+    name: str
+    reply: Callable[[object, str], R_co]
+
+    def decode(self, data: bytes) -> R_co:
+        """A reply's bytes to its type; ProtocolError with the controller's error message or
+        naming the field that is wrong."""
+        return self.reply(decode_reply(data), f"{self.name} reply")
+
+
+# --------------------------------------------------------------------------- request parameters
+
+
+def _params(params: Mapping[str, object], verb: str) -> dict[str, object]:
+    return as_map(params, f"{verb} request")
+
+
+@dataclass(frozen=True, slots=True)
+class HostRequest:
+    """`agents.show`: one host."""
+
+    host: str
+
+    def to_params(self) -> dict[str, Plain]:
+        return {"host": self.host}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> HostRequest:
+        return cls(get(_params(params, "agents.show"), "host", as_text, "agents.show request"))
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedRequest:
+    """`expected`: who should ack a command for this scope and target."""
+
+    scope: Scope
+    target: str
+
+    def to_params(self) -> dict[str, Plain]:
+        return {"scope": self.scope.value, "target": self.target}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> ExpectedRequest:
+        try:
+            return cls(Scope(str(params["scope"])), str(params["target"]))
+        except (KeyError, ValueError) as exc:
+            raise ProtocolError("expected: needs scope and target") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class AcksRequest:
+    """`acks`: the acks one command got."""
+
+    cmd_id: str
+
+    def to_params(self) -> dict[str, Plain]:
+        return {"cmd_id": self.cmd_id}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> AcksRequest:
+        return cls(str(params.get("cmd_id", "")))

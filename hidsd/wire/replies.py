@@ -1,0 +1,423 @@
+"""The replies to hidsctl's reads about agents: the agent rows (`agents.list`), one agent in
+full (`agents.show`), the fleet summary (`fleet.status`), config versions (`config.status`),
+who should ack a command (`expected`) and the acks it got (`acks`).
+
+Pure: no I/O, no state. `to_wire` is the map the controller sends; `from_wire` checks a decoded
+reply and raises `ProtocolError` naming the field that is wrong. An agent row carries the
+heartbeat's own typed reports (`wire.heartbeat`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from hidsd.base.errors import ProtocolError
+from hidsd.base.storage import StorageReport, StorageStatus
+from hidsd.wire.commands import AckStatus, RunMode
+from hidsd.wire.fields import (
+    Plain,
+    as_flag,
+    as_int,
+    as_map,
+    as_number,
+    as_plain,
+    as_text,
+    enum_of,
+    get,
+    int_map,
+    list_of,
+    map_of,
+    number_map,
+    opt_flag,
+    opt_int,
+    opt_number,
+    opt_text,
+    text_list,
+)
+from hidsd.wire.heartbeat import (
+    BreakerReport,
+    ClockReport,
+    ConfigRejection,
+    ConfigReport,
+    Heartbeat,
+    PluginReport,
+    storage_from_map,
+    storage_to_map,
+)
+from hidsd.wire.rpc import Event
+
+
+class Liveness(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    #: presence never saw the host (a fleet query knows it from its inventory only)
+    UNKNOWN = "unknown"
+
+
+read_liveness = enum_of(Liveness)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReport:
+    """What an agent's newest heartbeat says, as its row shows it."""
+
+    mode: RunMode
+    groups: tuple[str, ...]
+    version: str
+    applied_rev: int
+    held: bool
+    interval_s: float
+    uptime_s: float
+    cpu_pct: float
+    rss_bytes: int
+    facts: Mapping[str, Plain]
+    rejections: Mapping[str, int]
+    seq: int
+    plugins: Mapping[str, PluginReport]
+    config: ConfigReport
+    #: None: the agent reports no breaker ({} on the wire)
+    breaker: BreakerReport | None
+    storage: StorageReport | None
+    clock: ClockReport
+
+    @classmethod
+    def of(cls, hb: Heartbeat) -> AgentReport:
+        return cls(hb.mode, hb.groups, hb.version, hb.applied_rev, hb.held, hb.interval_s,
+                   hb.uptime_s, hb.cpu_pct, hb.rss_bytes, hb.facts, hb.rejections, hb.seq,
+                   hb.plugins, hb.config, hb.breaker, hb.storage, hb.clock)  # fmt: skip
+
+    def to_wire(self) -> dict[str, Plain]:
+        return {
+            "mode": self.mode.value, "groups": list(self.groups), "version": self.version,
+            "applied_rev": self.applied_rev, "held": self.held, "interval_s": self.interval_s,
+            "uptime_s": self.uptime_s, "cpu_pct": self.cpu_pct, "rss_bytes": self.rss_bytes,
+            "facts": self.facts, "rejections": self.rejections, "seq": self.seq,
+            "plugins": {n: p.to_map() for n, p in self.plugins.items()},
+            "config": self.config.to_map(),
+            "breaker": self.breaker.to_map() if self.breaker is not None else {},
+            "storage": storage_to_map(self.storage) if self.storage is not None else None,
+            "clock": self.clock.to_map(),
+        }  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, object], what: str) -> AgentReport:
+        try:
+            plugins = {n: PluginReport.from_map(p)
+                       for n, p in get(m, "plugins", as_map, what).items()}  # fmt: skip
+            config = ConfigReport.from_map(get(m, "config", as_map, what))
+            breaker = BreakerReport.from_map(get(m, "breaker", as_map, what))
+            storage = None if m.get("storage") is None else storage_from_map(m["storage"])
+            clock = ClockReport.from_map(get(m, "clock", as_map, what))
+        except ProtocolError as exc:
+            raise ProtocolError(f"{what}: {exc.message}", **exc.fields) from exc
+        return cls(
+            mode=get(m, "mode", enum_of(RunMode), what),
+            groups=get(m, "groups", text_list, what),
+            version=get(m, "version", as_text, what),
+            applied_rev=get(m, "applied_rev", as_int, what),
+            held=get(m, "held", as_flag, what),
+            interval_s=get(m, "interval_s", as_number, what),
+            uptime_s=get(m, "uptime_s", as_number, what),
+            cpu_pct=get(m, "cpu_pct", as_number, what),
+            rss_bytes=get(m, "rss_bytes", as_int, what),
+            facts=get(m, "facts", map_of(as_plain), what),
+            rejections=get(m, "rejections", int_map, what),
+            seq=get(m, "seq", as_int, what),
+            plugins=plugins, config=config, breaker=breaker, storage=storage, clock=clock,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    """One agent in `agents.list`: presence, the newest heartbeat (None before the first one
+    arrived), and whether it runs the desired state (None: etcd unreachable or no heartbeat)."""
+
+    host: str
+    liveness: Liveness
+    reason: str
+    last_seen: float
+    last_seen_ago_s: float | None
+    since: float
+    clock_skew_s: float | None
+    report: AgentReport | None
+    desired_rev: int | None
+    converged: bool | None
+
+    def to_wire(self) -> dict[str, Plain]:
+        out: dict[str, Plain] = {
+            "host": self.host, "liveness": self.liveness.value, "reason": self.reason,
+            "last_seen": self.last_seen, "last_seen_ago_s": self.last_seen_ago_s,
+            "since": self.since, "clock_skew_s": self.clock_skew_s,
+        }  # fmt: skip
+        if self.report is not None:
+            out.update(self.report.to_wire())
+        out["desired_rev"] = self.desired_rev
+        out["converged"] = self.converged
+        return out
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str) -> AgentRow:
+        m = as_map(obj, what)
+        return cls(
+            host=get(m, "host", as_text, what),
+            liveness=get(m, "liveness", read_liveness, what),
+            reason=get(m, "reason", as_text, what),
+            last_seen=get(m, "last_seen", as_number, what),
+            last_seen_ago_s=get(m, "last_seen_ago_s", opt_number, what),
+            since=get(m, "since", as_number, what),
+            clock_skew_s=get(m, "clock_skew_s", opt_number, what),
+            report=AgentReport.from_wire(m, what) if "mode" in m else None,
+            desired_rev=get(m, "desired_rev", opt_int, what),
+            converged=get(m, "converged", opt_flag, what),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentsList:
+    """`agents.list`: every agent the controllers know, by host."""
+
+    agents: tuple[AgentRow, ...]
+    #: False: etcd was unreachable, so convergence is unknown
+    store_ok: bool
+
+    def to_wire(self) -> dict[str, Plain]:
+        return {"agents": [a.to_wire() for a in self.agents], "store_ok": self.store_ok}
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str = "agents.list reply") -> AgentsList:
+        m = as_map(obj, what)
+        return cls(get(m, "agents", list_of(AgentRow.from_wire), what),
+                   get(m, "store_ok", as_flag, what))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDetail:
+    """`agents.show`: one agent's row and its latest events (oldest first)."""
+
+    agent: AgentRow
+    events: tuple[Event, ...]
+
+    def to_wire(self) -> dict[str, Plain]:
+        return {**self.agent.to_wire(), "events": [e.to_wire() for e in self.events]}
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str = "agents.show reply") -> AgentDetail:
+        m = as_map(obj, what)
+        return cls(AgentRow.from_wire(m, what), get(m, "events", list_of(Event.from_wire), what))
+
+
+# --------------------------------------------------------------------------- fleet.status
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSummary:
+    """A host whose breaker is not normal, as `fleet status` names it."""
+
+    state: str
+    reason: str
+    denylist: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Plain]:
+        return {"state": self.state, "reason": self.reason, "denylist": list(self.denylist)}
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str) -> BreakerSummary:
+        m = as_map(obj, what)
+        return cls(get(m, "state", as_text, what), get(m, "reason", as_text, what),
+                   get(m, "denylist", text_list, what))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSummary:
+    """A host whose storage is not ok, as `fleet status` names it."""
+
+    status: StorageStatus
+    path: str
+    error: str
+
+    def to_wire(self) -> dict[str, Plain]:
+        return {"status": self.status.value, "path": self.path, "error": self.error}
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str) -> StorageSummary:
+        m = as_map(obj, what)
+        return cls(get(m, "status", enum_of(StorageStatus), what), get(m, "path", as_text, what),
+                   get(m, "error", as_text, what))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatus:
+    """`fleet.status`: counts by liveness, run mode, breaker and storage state, and the hosts an
+    operator must look at."""
+
+    agents: int
+    online: int
+    offline: int
+    offline_hosts: tuple[str, ...]
+    by_mode: Mapping[str, int]
+    by_breaker: Mapping[str, int]
+    breaker_not_normal: Mapping[str, BreakerSummary]
+    by_storage: Mapping[str, int]
+    storage_not_ok: Mapping[str, StorageSummary]
+    clock_skewed: Mapping[str, float]
+    held: tuple[str, ...]
+    not_converged: tuple[str, ...]
+    store_ok: bool
+    #: desired-state key -> its etcd revision
+    desired: Mapping[str, int]
+
+    def to_wire(self) -> dict[str, Plain]:
+        return {
+            "agents": self.agents, "online": self.online, "offline": self.offline,
+            "offline_hosts": list(self.offline_hosts), "by_mode": self.by_mode,
+            "by_breaker": self.by_breaker,
+            "breaker_not_normal": {h: b.to_wire() for h, b in self.breaker_not_normal.items()},
+            "by_storage": self.by_storage,
+            "storage_not_ok": {h: s.to_wire() for h, s in self.storage_not_ok.items()},
+            "clock_skewed": self.clock_skewed, "held": list(self.held),
+            "not_converged": list(self.not_converged), "store_ok": self.store_ok,
+            "desired": self.desired,
+        }  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str = "fleet.status reply") -> FleetStatus:
+        m = as_map(obj, what)
+        return cls(
+            agents=get(m, "agents", as_int, what),
+            online=get(m, "online", as_int, what),
+            offline=get(m, "offline", as_int, what),
+            offline_hosts=get(m, "offline_hosts", text_list, what),
+            by_mode=get(m, "by_mode", int_map, what),
+            by_breaker=get(m, "by_breaker", int_map, what),
+            breaker_not_normal=get(m, "breaker_not_normal", map_of(BreakerSummary.from_wire),
+                                   what),
+            by_storage=get(m, "by_storage", int_map, what),
+            storage_not_ok=get(m, "storage_not_ok", map_of(StorageSummary.from_wire), what),
+            clock_skewed=get(m, "clock_skewed", number_map, what),
+            held=get(m, "held", text_list, what),
+            not_converged=get(m, "not_converged", text_list, what),
+            store_ok=get(m, "store_ok", as_flag, what),
+            desired=get(m, "desired", int_map, what),
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- config.status
+
+
+def _rejection_from_wire(obj: object, what: str) -> ConfigRejection:
+    m = as_map(obj, what)
+    return ConfigRejection(get(m, "scope", as_text, what), get(m, "version", opt_int, what),
+                           get(m, "error", as_text, what))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigAgentRow:
+    """One agent in `config.status`: the versions it runs against those it should run."""
+
+    host: str
+    liveness: Liveness
+    #: scope label (fleet, group:G, host:H) -> version
+    running: Mapping[str, int]
+    #: None: etcd was unreachable
+    desired: Mapping[str, int] | None
+    converged: bool | None
+    status: str
+    rejected: ConfigRejection | None
+    fingerprint: str | None
+
+    def to_wire(self) -> dict[str, Plain]:
+        r = self.rejected
+        return {
+            "host": self.host, "liveness": self.liveness.value, "running": self.running,
+            "desired": self.desired, "converged": self.converged, "status": self.status,
+            "rejected": None if r is None else {"scope": r.scope, "version": r.version,
+                                                "error": r.error},
+            "fingerprint": self.fingerprint,
+        }  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str) -> ConfigAgentRow:
+        m = as_map(obj, what)
+        desired = m.get("desired")
+        return cls(
+            host=get(m, "host", as_text, what),
+            liveness=get(m, "liveness", read_liveness, what),
+            running=get(m, "running", int_map, what),
+            desired=None if desired is None else get(m, "desired", int_map, what),
+            converged=get(m, "converged", opt_flag, what),
+            status=get(m, "status", as_text, what),
+            rejected=None if m.get("rejected") is None
+            else get(m, "rejected", _rejection_from_wire, what),
+            fingerprint=get(m, "fingerprint", opt_text, what),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigStatus:
+    """`config.status`: each scope's current version, and every agent that reported one."""
+
+    store_ok: bool
+    current: Mapping[str, int]
+    agents: tuple[ConfigAgentRow, ...]
+
+    def to_wire(self) -> dict[str, Plain]:
+        return {"store_ok": self.store_ok, "current": self.current,
+                "agents": [a.to_wire() for a in self.agents]}  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str = "config.status reply") -> ConfigStatus:
+        m = as_map(obj, what)
+        return cls(get(m, "store_ok", as_flag, what), get(m, "current", int_map, what),
+                   get(m, "agents", list_of(ConfigAgentRow.from_wire), what))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- expected, acks
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """`expected`: the hosts a command for a scope should reach, online and offline."""
+
+    online: tuple[str, ...]
+    offline: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Plain]:
+        return {"online": list(self.online), "offline": list(self.offline)}
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str = "expected reply") -> Expected:
+        m = as_map(obj, what)
+        return cls(get(m, "online", text_list, what), get(m, "offline", text_list, what))
+
+
+@dataclass(frozen=True, slots=True)
+class AckSummary:
+    """One host's ack of a command, as the ledger keeps it."""
+
+    status: AckStatus
+    rev: int
+    detail: str
+
+    def to_wire(self) -> dict[str, Plain]:
+        return {"status": self.status.value, "rev": self.rev, "detail": self.detail}
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str) -> AckSummary:
+        m = as_map(obj, what)
+        return cls(get(m, "status", enum_of(AckStatus), what), get(m, "rev", as_int, what),
+                   get(m, "detail", as_text, what))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Acks:
+    """`acks`: host -> its ack of one command."""
+
+    acks: Mapping[str, AckSummary]
+
+    def to_wire(self) -> dict[str, Plain]:
+        return {h: a.to_wire() for h, a in self.acks.items()}
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str = "acks reply") -> Acks:
+        return cls(map_of(AckSummary.from_wire)(obj, what))
