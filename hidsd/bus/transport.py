@@ -42,6 +42,37 @@ class BusOptions:
     max_outstanding_pings: int = 2
 
 
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """A JetStream stream as the controllers create them: on file, bounded, the oldest
+    discarded first, with a de-duplication window (a batch resent after a lost ack is stored
+    once)."""
+
+    name: str
+    subjects: tuple[str, ...]
+    max_bytes: int
+    max_age_s: float | None = None
+    #: -1: no limit per subject (1: only the latest message of each subject is kept)
+    max_msgs_per_subject: int = -1
+    duplicate_window_s: float = 120.0
+
+
+@dataclass(slots=True)
+class PullConsumer:
+    """A durable pull consumer: batches of stream messages, each acked by the caller once it
+    has handled it (`await msg.ack()`)."""
+
+    _sub: Any
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        """Up to `batch` messages; [] when none arrived within `timeout`."""
+        try:
+            msgs: list[Msg] = await self._sub.fetch(batch, timeout=timeout)
+        except nats.errors.TimeoutError:
+            return []
+        return msgs
+
+
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Exponential backoff with 'equal jitter': half fixed, half random, never above cap."""
     ceiling = min(cap, base * (2 ** min(attempt, 20)))
@@ -197,6 +228,32 @@ class Bus:
             await self._js.publish(subject, data, timeout=timeout, headers=headers)
         except nats.errors.MaxPayloadError as exc:
             raise NotPublishable(f"{len(data)} bytes exceed the server's max_payload") from exc
+
+    async def js_ensure_stream(self, spec: StreamSpec, timeout: float = 5.0) -> None:
+        """Create the stream, or update it when it exists with other settings."""
+        from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+
+        cfg = StreamConfig(
+            name=spec.name, subjects=list(spec.subjects), max_bytes=spec.max_bytes,
+            max_age=spec.max_age_s, max_msgs_per_subject=spec.max_msgs_per_subject,
+            discard=DiscardPolicy.OLD, storage=StorageType.FILE,
+            duplicate_window=spec.duplicate_window_s,
+        )  # fmt: skip
+        js = self.client.jetstream(timeout=timeout)
+        try:
+            await js.add_stream(cfg)
+        except Exception as exc:  # already exists with other settings: update it
+            if "already in use" not in str(exc):
+                raise
+            await js.update_stream(cfg)
+
+    async def js_pull_subscribe(
+        self, subject: str, durable: str, stream: str, timeout: float = 5.0
+    ) -> PullConsumer:
+        """A durable pull consumer shared by every client that names the same `durable`: each
+        message goes to one of them."""
+        js = self.client.jetstream(timeout=timeout)
+        return PullConsumer(await js.pull_subscribe(subject, durable=durable, stream=stream))
 
     async def flush(self, timeout: float = 2.0) -> None:
         await self.client.flush(timeout=timeout)  # type: ignore[arg-type]  # float works

@@ -26,7 +26,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from nats.aio.msg import Msg
@@ -36,10 +36,17 @@ from hidsd.bus.transport import Bus
 from hidsd.wire.heartbeat import Heartbeat
 from hidsd.wire.names import Subjects
 from hidsd.wire.rpc import decode_reply, encode_request
+from hidsd.wire.status import MemberRow
 from hidsd.wire.sync import HeartbeatMeta, SyncBatch, SyncHeartbeat, decode_sync, encode_sync
 
 #: a batch bigger than this is flushed at once (NATS max_payload is 1 MiB)
 FLUSH_BYTES = 512 << 10
+
+T = TypeVar("T")
+
+
+def _as_sent(result: Any) -> Any:
+    return result
 
 
 @dataclass(slots=True)
@@ -204,11 +211,10 @@ class Cluster:
                 self.log.warning("member_gone", peer=mem.name, id=mid)
         return sorted(self.members)
 
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self) -> list[MemberRow]:
         now = time.time()
-        return [{"id": m.id, "name": m.name, "self": m.id == self.id,
-                 "last_seen_ago_s": round(now - m.last_seen, 3),
-                 "uptime_s": round(now - m.started, 1)}
+        return [MemberRow(m.id, m.name, m.id == self.id, round(now - m.last_seen, 3),
+                          round(now - m.started, 1))
                 for m in sorted(self.members.values(), key=lambda m: m.name)]  # fmt: skip
 
     # ------------------------------------------------------------------ split work
@@ -217,17 +223,18 @@ class Cluster:
         self,
         verb: str,
         params: dict[str, Any],
-        local: Callable[[dict[str, Any]], Awaitable[Any]],
+        local: Callable[[dict[str, Any]], Awaitable[T]],
         timeout_s: float = 2.0,
-    ) -> tuple[dict[str, Any], dict[str, str]]:
+        decode: Callable[[Any], T] = _as_sent,
+    ) -> tuple[dict[str, T], dict[str, str]]:
         """Ask every member (this one locally) to do its share of `verb`; a member that does
-        not answer has its share redone here. Returns results per member id and how each
-        share was done ("answered", "redone: <why>")."""
+        not answer, or whose answer `decode` refuses, has its share redone here. Returns
+        results per member id and how each share was done ("answered", "redone: <why>")."""
         members = self.alive()
         shares = {mid: {**params, "members": members, "shard": mid} for mid in members}
         how: dict[str, str] = {}
 
-        async def ask(mid: str) -> Any:
+        async def ask(mid: str) -> T:
             if mid == self.id:
                 how[mid] = "local"
                 return await local(shares[mid])
@@ -235,7 +242,7 @@ class Cluster:
                 data = await self.bus.request(
                     self.subjects.ctl_peer(mid, verb), encode_request(shares[mid]), timeout_s
                 )
-                result = decode_reply(data)  # raises with the peer's error message
+                result = decode(decode_reply(data))  # raises with the peer's error message
                 how[mid] = "answered"
                 return result
             except asyncio.CancelledError:

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 
 from hidsd.base.errors import HidsError, ProtocolError
-from hidsd.wire.rpc import decode_request, encode_reply
+from hidsd.wire.rpc import Reply, Verb, decode_request, encode_reply
+from hidsd.wire.status import EndpointCounters, EndpointTable
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+#: a request's parameters (a map; each handler parses its own in one place)
+Params = Mapping[str, object]
+R = TypeVar("R", bound=Reply)
+Handler = Callable[[Params], Awaitable[Reply]]
 Publish = Callable[[str, bytes], Awaitable[None]]
 
 
@@ -35,11 +39,10 @@ class EndpointStats:
     processing_ms: float = 0.0
     last_error: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
+    def snapshot(self) -> EndpointCounters:
         avg = self.processing_ms / self.requests if self.requests else 0.0
-        return {"requests": self.requests, "errors": self.errors,
-                "internal_errors": self.internal_errors, "too_large": self.too_large,
-                "average_ms": round(avg, 3), "last_error": self.last_error}  # fmt: skip
+        return EndpointCounters(self.requests, self.errors, self.internal_errors,
+                                self.too_large, round(avg, 3), self.last_error)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -62,10 +65,11 @@ class Endpoints:
         self.table: dict[str, Endpoint] = {}
         self.unknown = 0
 
-    def add(self, name: str, handler: Handler) -> None:
-        if name in self.table:
-            raise ValueError(f"{self.kind} endpoint {name!r} added twice")
-        self.table[name] = Endpoint(name, handler)
+    def add(self, verb: Verb[R], handler: Callable[[Params], Awaitable[R]]) -> None:
+        """A verb and its handler, which must return the verb's reply type."""
+        if verb.name in self.table:
+            raise ValueError(f"{self.kind} endpoint {verb.name!r} added twice")
+        self.table[verb.name] = Endpoint(verb.name, handler)
 
     async def serve(self, msg: Msg, verb: str) -> None:
         ep = self.table.get(verb)
@@ -75,7 +79,7 @@ class Endpoints:
                 self.unknown += 1
                 raise ProtocolError(f"unknown {self.kind} request {verb!r}")
             ep.stats.requests += 1
-            reply = encode_reply(await ep.handler(decode_request(msg.data)))
+            reply = encode_reply((await ep.handler(decode_request(msg.data))).to_wire())
         except HidsError as exc:
             if ep is not None:
                 ep.stats.errors += 1
@@ -100,8 +104,7 @@ class Endpoints:
         if msg.reply:
             await self.publish(msg.reply, reply)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "endpoints": {name: ep.stats.to_dict() for name, ep in sorted(self.table.items())},
-            "unknown": self.unknown,
-        }
+    def stats(self) -> EndpointTable:
+        return EndpointTable(
+            {name: ep.stats.snapshot() for name, ep in sorted(self.table.items())}, self.unknown
+        )

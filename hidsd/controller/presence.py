@@ -19,11 +19,10 @@ they update liveness from the meta at once and decode the body only when a view 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
 
-from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat, storage_to_map
+from hidsd.wire.heartbeat import Heartbeat, decode_heartbeat
 from hidsd.wire.names import FLEET_TARGET, Scope
+from hidsd.wire.replies import AgentReport, AgentRow, Liveness
 from hidsd.wire.sync import HeartbeatMeta
 
 #: HeartbeatMeta (defined with the sync batch that carries it) is presence's input too
@@ -33,11 +32,6 @@ __all__ = ["AGENT_CLIENT_PREFIX", "CLOCK_SKEW_WARN_S", "AgentRecord", "Heartbeat
 AGENT_CLIENT_PREFIX = "hidsd:"
 #: an agent whose clock is off by more than this (against the controller's) is named in views
 CLOCK_SKEW_WARN_S = 2.0
-
-
-class Liveness(StrEnum):
-    ONLINE = "online"
-    OFFLINE = "offline"
 
 
 @dataclass(slots=True)
@@ -66,38 +60,19 @@ class AgentRecord:
             self.raw = None
         return self.decoded
 
-    def to_dict(self, now: float) -> dict[str, Any]:
+    def row(
+        self, now: float, desired_rev: int | None = None, converged: bool | None = None
+    ) -> AgentRow:
+        """The agent as `agents list` shows it; `desired_rev` and `converged` come from etcd."""
         hb = self.heartbeat
-        d: dict[str, Any] = {
-            "host": self.host,
-            "liveness": self.liveness.value,
-            "reason": self.reason,
-            "last_seen": self.last_seen,
-            "last_seen_ago_s": round(now - self.last_seen, 3) if self.last_seen else None,
-            "since": self.changed_at,
-            "clock_skew_s": self.skew_s,
-        }
-        if hb is not None:
-            d.update(
-                mode=hb.mode.value,
-                groups=list(hb.groups),
-                version=hb.version,
-                applied_rev=hb.applied_rev,
-                held=hb.held,
-                interval_s=hb.interval_s,
-                uptime_s=hb.uptime_s,
-                cpu_pct=hb.cpu_pct,
-                rss_bytes=hb.rss_bytes,
-                facts=hb.facts.to_map(),
-                rejections=hb.rejections,
-                seq=hb.seq,
-                plugins={n: p.to_map() for n, p in hb.plugins.items()},
-                config=hb.config.to_map(),
-                breaker=hb.breaker.to_map() if hb.breaker is not None else {},
-                storage=storage_to_map(hb.storage) if hb.storage is not None else None,
-                clock=hb.clock.to_map(),
-            )
-        return d
+        return AgentRow(
+            host=self.host, liveness=self.liveness, reason=self.reason,
+            last_seen=self.last_seen,
+            last_seen_ago_s=round(now - self.last_seen, 3) if self.last_seen else None,
+            since=self.changed_at, clock_skew_s=self.skew_s,
+            report=AgentReport.of(hb) if hb is not None else None,
+            desired_rev=desired_rev, converged=converged,
+        )  # fmt: skip
 
 
 @dataclass(slots=True)

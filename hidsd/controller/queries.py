@@ -1,88 +1,78 @@
-"""Fleet queries on the controller side: ranges re-parsed from the request, matches on the
-wire, and the merge of every controller's share into one answer (pure)."""
+"""Fleet queries on the controller side: the merge of every controller's share into one answer
+(pure)."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Mapping
 
-
-def ranges_from_wire(wire: list[Any]) -> list[Any]:
-    """Ranges as hidsctl sends them, re-parsed (never trusted as already valid)."""
-    from dataclasses import replace
-
-    from hidsd.wire.ranges import parse_vers
-
-    out = []
-    for r in wire:
-        rng = parse_vers(str(r["spec"]), str(r["package"]))
-        out.append(replace(rng, distro=r.get("distro"), release=r.get("release"),
-                           source=str(r.get("source", ""))))  # fmt: skip
-    return out
-
-
-def match_to_wire(m: Any) -> dict[str, Any]:
-    return {"ecosystem": m.ecosystem, "package": m.package, "version": m.version,
-            "range": m.range_spec, "source": m.source}  # fmt: skip
+from hidsd.wire.fleetquery import (
+    HostAnswer,
+    NoAnswer,
+    PackageMatch,
+    QueryCounts,
+    QueryResult,
+    QueryShare,
+    Shard,
+)
+from hidsd.wire.replies import Liveness
 
 
 def merge_query(
-    results: dict[str, Any],
-    how: dict[str, str],
-    liveness: dict[str, str],
+    results: Mapping[str, QueryShare],
+    how: Mapping[str, str],
+    liveness: Mapping[str, Liveness],
     max_age: float,
     started: float,
     now: float,
-) -> dict[str, Any]:
+) -> QueryResult:
     """Merge the shares into one answer that accounts for every known host (the indexed ones
     and those presence knows): matched, clean, or no answer and why."""
     evaluated: dict[str, float | None] = {}
-    matches: dict[str, list[dict[str, Any]]] = {}
-    uncomparable: dict[str, list[Any]] = {}
+    matches: dict[str, tuple[PackageMatch, ...]] = {}
+    uncomparable: dict[str, tuple[tuple[str, str], ...]] = {}
     counters: Counter[str] = Counter()
     shards = []
     for mid, res in results.items():
-        evaluated.update(res["evaluated"])
-        matches.update(res["matches"])
-        uncomparable.update(res.get("uncomparable", {}))
-        counters.update(res.get("counters", {}))
-        shards.append({"member": mid, "controller": res.get("controller"),
-                       "hosts": len(res["evaluated"]), "how": how.get(mid, "?")})  # fmt: skip
+        evaluated.update(res.evaluated)
+        matches.update(res.matches)
+        uncomparable.update(res.uncomparable)
+        counters.update(res.counters)
+        shards.append(Shard(mid, res.controller, len(res.evaluated), how.get(mid, "?")))
     universe = sorted(set(evaluated) | set(liveness))
-    out: dict[str, list[dict[str, Any]]] = {"matched": [], "clean": [], "no_answer": []}
+    matched: list[HostAnswer] = []
+    clean: list[HostAnswer] = []
+    no_answer: list[NoAnswer] = []
     for host in universe:
-        live = liveness.get(host, "unknown")
+        live = liveness.get(host, Liveness.UNKNOWN)
         at = evaluated.get(host)
         if at is None:
-            out["no_answer"].append({"host": host, "liveness": live,
-                                     "reason": "no inventory reported"})  # fmt: skip
+            no_answer.append(NoAnswer(host, live, "no inventory reported"))
             continue
         age = round(now - at, 1)
-        if live == "online" and age > max_age:
-            out["no_answer"].append({"host": host, "liveness": live, "inventory_age_s": age,
-                                     "reason": f"inventory {age:.0f}s old, over max age "
-                                               f"{max_age:.0f}s"})  # fmt: skip
+        if live is Liveness.ONLINE and age > max_age:
+            no_answer.append(NoAnswer(host, live, f"inventory {age:.0f}s old, over max age "
+                                                  f"{max_age:.0f}s", age))  # fmt: skip
             continue
-        row: dict[str, Any] = {"host": host, "liveness": live, "inventory_age_s": age}
         if host not in matches and host in uncomparable:
             what = ", ".join(f"{p} {v}" for p, v in uncomparable[host])
-            out["no_answer"].append({**row, "reason": f"cannot compare installed {what} "
-                                                      "with the range"})  # fmt: skip
+            no_answer.append(NoAnswer(host, live, f"cannot compare installed {what} with the "
+                                                  "range", age))  # fmt: skip
             continue
         if host in matches:
-            out["matched"].append({**row, "packages": matches[host]})
+            matched.append(HostAnswer(host, live, age, matches[host]))
         else:
-            out["clean"].append(row)
-    answered = out["matched"] + out["clean"]
-    counts = {
-        "hosts": len(universe),
-        "answered": len(answered),
-        "matched": len(out["matched"]),
-        "clean": len(out["clean"]),
-        "offline_answered": sum(r["liveness"] != "online" for r in answered),
-        "no_answer": len(out["no_answer"]),
-    }
-    return {**out, "counts": counts, "shards": shards, "counters": dict(counters),
-            "complete": not out["no_answer"], "elapsed_ms": round(
-                (time.monotonic() - started) * 1000, 2)}  # fmt: skip
+            clean.append(HostAnswer(host, live, age))
+    answered = matched + clean
+    counts = QueryCounts(
+        hosts=len(universe),
+        answered=len(answered),
+        matched=len(matched),
+        clean=len(clean),
+        offline_answered=sum(r.liveness is not Liveness.ONLINE for r in answered),
+        no_answer=len(no_answer),
+    )
+    return QueryResult(tuple(matched), tuple(clean), tuple(no_answer), counts, tuple(shards),
+                       dict(counters), complete=not no_answer,
+                       elapsed_ms=round((time.monotonic() - started) * 1000, 2))  # fmt: skip

@@ -6,13 +6,16 @@ every controller has the whole picture and any one can answer hidsctl (requests 
 through another queue group). Connection advisories and agent events reach every controller.
 Every controller follows the inventory stream (latest package set per host) into its own
 index; a fleet query is split across the live controllers by host and merged.
+
+This module wires the parts together and answers the verbs about the controller itself; the
+parts: `ingest` (what agents send), `telemetry` (the telemetry stream), `readers` (the reads
+about agents), `querying` (fleet queries), `endpoints` (the verb table).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -23,31 +26,35 @@ import structlog
 from nats.aio.msg import Msg
 
 from hidsd import __version__
-from hidsd.base.errors import HidsError, ProtocolError
+from hidsd.base.errors import ProtocolError
 from hidsd.bus.store import Store
-from hidsd.bus.transport import Bus, BusOptions
+from hidsd.bus.transport import Bus, BusOptions, StreamSpec
 from hidsd.controller.acks import AckLedger
-from hidsd.controller.cluster import Cluster, owner
-from hidsd.controller.endpoints import Endpoints
+from hidsd.controller.cluster import Cluster
+from hidsd.controller.endpoints import Endpoints, Params
+from hidsd.controller.ingest import Ingest
 from hidsd.controller.inventory import InventoryIndex
-from hidsd.controller.presence import HeartbeatMeta, Liveness, Presence
-from hidsd.controller.queries import match_to_wire, merge_query, ranges_from_wire
-from hidsd.controller.views import fleet_summary, host_desired_revision
-from hidsd.wire.commands import decode_ack
-from hidsd.wire.configstore import decode_config_pointer
-from hidsd.wire.heartbeat import decode_heartbeat
-from hidsd.wire.names import CONTROLLER_QUEUE, KeyLayout, Scope, Subjects
-from hidsd.wire.rpc import decode_event
+from hidsd.controller.presence import Presence
+from hidsd.controller.querying import FleetQuery
+from hidsd.controller.readers import AgentReaders
+from hidsd.controller.telemetry import TelemetryConsumer
+from hidsd.wire import verbs
+from hidsd.wire.names import CONTROLLER_QUEUE, KeyLayout, Subjects
+from hidsd.wire.status import (
+    ControllerRow,
+    Controllers,
+    EndpointsReply,
+    IndexStats,
+    InventoryHealth,
+    InventoryStats,
+    Ping,
+    StatsShare,
+)
 
-#: How many commands' acks the ledger keeps (oldest evicted first, and counted).
 #: heartbeats and acks: each to one controller of this queue group
 INGEST_QUEUE = "hidsd-ingest"
 #: a host's package list, decompressed, may not exceed this (a zlib bomb is refused)
 INVENTORY_MAX_BYTES = 32 << 20
-#: online hosts whose inventory is older are counted as not answering
-DEFAULT_MAX_AGE_S = 2 * 3600.0 + 600.0
-#: Events kept per agent (oldest dropped first, and counted).
-EVENTS_PER_AGENT = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +88,6 @@ class Controller:
         self.keys = KeyLayout(settings.key_prefix)
         self.presence = Presence(timeout_factor=settings.timeout_factor)
         self.ledger = AckLedger()
-        self.events: dict[str, list[dict[str, Any]]] = {}
-        self.telemetry: dict[str, dict[str, Any]] = {}
-        self.telemetry_ok = False
         self.counters: Counter[str] = Counter()
         self.started = time.time()
         self.should_exit = asyncio.Event()
@@ -103,372 +107,117 @@ class Controller:
         )
         self.index = InventoryIndex()
         self.inventory_ok = False
+        # the cluster hands peers' copies to ingest, which hands it what it validated itself:
+        # late-bound (ingest is made next, with this cluster)
         self.cluster = Cluster(
-            settings.name, self.subjects, self.bus, self._on_forwarded_heartbeat,
-            self._on_forwarded_ack, flush_s=settings.sync_flush_s,
+            settings.name, self.subjects, self.bus,
+            lambda meta, raw, skew: self.ingest.on_forwarded_heartbeat(meta, raw, skew),  # noqa: PLW0108
+            lambda raw: self.ingest.on_forwarded_ack(raw),  # noqa: PLW0108
+            flush_s=settings.sync_flush_s,
         )  # fmt: skip
+        self.ingest = Ingest(
+            self.subjects, self.presence, self.ledger, self.cluster, self.counters, self.log
+        )
+        self.telemetry = TelemetryConsumer(
+            self.bus, self.subjects, self.counters, settings.stream_max_bytes,
+            settings.stream_max_age_s,
+        )  # fmt: skip
+        self.readers = AgentReaders(
+            self.keys, self.store, self.presence, self.ledger, self.ingest.events
+        )
+        self.fleet_query = FleetQuery(
+            settings.name, self.index, self.presence, self.cluster, settings.test_share_delay_s
+        )
         max_payload = lambda: self.bus.client.max_payload if self.bus.connected else None  # noqa: E731
         self.peer_endpoints = Endpoints("peer", self.bus.publish, max_payload, self.log)
-        self.peer_endpoints.add("query", self._query_share)
-        self.peer_endpoints.add("stats", self._stats_share)
+        self.peer_endpoints.add(verbs.PEER_QUERY, self.fleet_query.share)
+        self.peer_endpoints.add(verbs.PEER_STATS, self._stats_share)
         #: the verbs hidsctl asks (`<prefix>.ctl.<verb>`), one endpoint each
-        self.endpoints = Endpoints("controller", self.bus.publish, max_payload, self.log)
-        for verb, handler in (
-            ("agents.list", self.h_agents_list),
-            ("agents.show", self.h_agents_show),
-            ("fleet.status", self.h_fleet_status),
-            ("expected", self.h_expected),
-            ("acks", self.h_acks),
-            ("ping", self.h_ping),
-            ("config.status", self.h_config_status),
-            ("telemetry.stats", self.h_telemetry_stats),
-            ("query", self.h_query),
-            ("controllers", self.h_controllers),
-            ("inventory.stats", self.h_inventory_stats),
-            ("endpoints", self.h_endpoints),
-        ):
-            self.endpoints.add(verb, handler)
-
-    # ------------------------------------------------------------------ inputs
-
-    async def on_heartbeat(self, msg: Msg) -> None:
-        try:
-            hb = decode_heartbeat(msg.data)
-        except ProtocolError as exc:
-            self.counters["bad_heartbeat"] += 1
-            self.log.warning("bad_heartbeat", subject=msg.subject, error=exc.message)
-            return
-        if msg.subject != self.subjects.heartbeat(hb.host):
-            self.counters["heartbeat_subject_mismatch"] += 1
-            return
-        before = self.presence.agents.get(hb.host)
-        was = before.liveness if before else None
-        skew = self.presence.on_heartbeat(hb, time.time())
-        self.cluster.forward_heartbeat(hb, msg.data, skew)
-        self.counters["heartbeats"] += 1
-        self._log_presence(hb.host, was)
-
-    def _log_presence(self, host: str, was: Liveness | None) -> None:
-        rec = self.presence.agents[host]
-        if was is not rec.liveness:
-            self.log.info("presence", host=host, liveness=rec.liveness.value, reason=rec.reason)
-
-    def _on_forwarded_heartbeat(
-        self, meta: HeartbeatMeta, raw: bytes | None, skew: float | None
-    ) -> None:
-        before = self.presence.agents.get(meta.host)
-        was = before.liveness if before else None
-        self.presence.on_forwarded(meta, raw, time.time(), skew)
-        self.counters["heartbeats_forwarded_in"] += 1
-        self._log_presence(meta.host, was)
-
-    def _on_forwarded_ack(self, raw: bytes) -> None:
-        try:
-            self.ledger.record(decode_ack(raw))
-            self.counters["acks_forwarded_in"] += 1
-        except ProtocolError:
-            self.counters["bad_forwarded_ack"] += 1
-
-    async def on_ack(self, msg: Msg) -> None:
-        try:
-            ack = decode_ack(msg.data)
-        except ProtocolError as exc:
-            self.counters["bad_ack"] += 1
-            self.log.warning("bad_ack", subject=msg.subject, error=exc.message)
-            return
-        self.ledger.record(ack)
-        self.cluster.forward_ack(msg.data)
-        self.counters["acks"] += 1
-
-    async def on_event(self, msg: Msg) -> None:
-        try:
-            event = decode_event(msg.data)
-        except ProtocolError as exc:
-            self.counters["bad_event"] += 1
-            self.log.warning("bad_event", subject=msg.subject, error=exc.message)
-            return
-        if msg.subject != self.subjects.event(event["host"]):
-            self.counters["event_subject_mismatch"] += 1
-            return
-        kept = self.events.setdefault(event["host"], [])
-        kept.append(event)
-        if len(kept) > EVENTS_PER_AGENT:
-            del kept[0]
-            self.counters["events_dropped"] += 1
-        self.counters["events"] += 1
-        self.log.info("agent_event", **{k: v for k, v in event.items() if k != "at"})
-
-    async def on_advisory(self, msg: Msg) -> None:
-        try:
-            event = json.loads(msg.data)
-            client = event["client"]
-            conn = (str(event["server"]["id"]), int(client["id"]))
-            name = str(client.get("name", ""))
-        except (ValueError, KeyError, TypeError):
-            self.counters["bad_advisory"] += 1
-            return
-        now = time.time()
-        host = self.presence.host_of(name)
-        if host is None:
-            return
-        if msg.subject.endswith(".CONNECT"):
-            self.presence.on_connect(name, conn, now)
-        else:
-            self.presence.on_disconnect(name, conn, str(event.get("reason", "")), now)
-            rec = self.presence.agents.get(host)
-            if rec is not None and rec.liveness is Liveness.OFFLINE:
-                self.log.info("presence", host=host, liveness="offline", reason=rec.reason)
-        self.counters["advisories"] += 1
+        ep = self.endpoints = Endpoints("controller", self.bus.publish, max_payload, self.log)
+        ep.add(verbs.AGENTS_LIST, self.readers.agents_list)
+        ep.add(verbs.AGENTS_SHOW, self.readers.agents_show)
+        ep.add(verbs.FLEET_STATUS, self.readers.fleet_status)
+        ep.add(verbs.EXPECTED, self.readers.expected)
+        ep.add(verbs.ACKS, self.readers.acks)
+        ep.add(verbs.PING, self.h_ping)
+        ep.add(verbs.CONFIG_STATUS, self.readers.config_status)
+        ep.add(verbs.TELEMETRY_STATS, self.telemetry.h_stats)
+        ep.add(verbs.QUERY, self.fleet_query.query)
+        ep.add(verbs.CONTROLLERS, self.h_controllers)
+        ep.add(verbs.INVENTORY_STATS, self.h_inventory_stats)
+        ep.add(verbs.ENDPOINTS, self.h_endpoints)
 
     # ------------------------------------------------------------------ requests
 
     async def on_request(self, msg: Msg) -> None:
         await self.endpoints.serve(msg, msg.subject.rsplit(".ctl.", 1)[-1])
 
-    async def h_endpoints(self, params: dict[str, Any]) -> Any:
+    async def on_peer_request(self, msg: Msg) -> None:
+        """A coordinator's request for this controller's share of split work."""
+        await self.peer_endpoints.serve(msg, msg.subject.rsplit(".", 1)[-1])
+
+    async def h_endpoints(self, params: Params) -> EndpointsReply:
         """Each verb's counters (requests, errors, internal errors, over-size, average ms)."""
-        return {"controller": self.endpoints.stats(), "peer": self.peer_endpoints.stats()}
+        return EndpointsReply(self.endpoints.stats(), self.peer_endpoints.stats())
 
-    async def _desired_revisions(self) -> dict[str, int] | None:
-        try:
-            kvs, _ = await self.store.get_prefix(self.keys.desired_prefix)
-        except HidsError:
-            return None
-        return {kv.key: kv.mod_revision for kv in kvs}
+    def _index_stats(self) -> IndexStats:
+        s = self.index.stats()
+        return IndexStats(s["hosts"], s["triples"], s["packages"], s["os_groups"],
+                          s["approx_bytes"])  # fmt: skip
 
-    def _agent_view(self, revisions: dict[str, int] | None, now: float) -> list[dict[str, Any]]:
-        out = []
-        for rec in sorted(self.presence.agents.values(), key=lambda r: r.host):
-            d = rec.to_dict(now)
-            if revisions is not None and rec.heartbeat is not None:
-                want = host_desired_revision(self.keys, revisions, rec.host, rec.heartbeat.groups)
-                d["desired_rev"] = want
-                d["converged"] = rec.heartbeat.applied_rev >= want
-            else:
-                d["desired_rev"] = None
-                d["converged"] = None
-            out.append(d)
-        return out
+    async def h_ping(self, params: Params) -> Ping:
+        return Ping(
+            name=self.settings.name,
+            version=__version__,
+            uptime_s=round(time.time() - self.started, 3),
+            counters=dict(self.counters),
+            presence_events=self.sys_bus is not None,
+            id=self.cluster.id,
+            members=tuple(self.cluster.describe()),
+            cluster=dict(self.cluster.counters),
+            inventory=InventoryHealth(self.inventory_ok, self._index_stats()),
+        )
 
-    async def h_agents_list(self, params: dict[str, Any]) -> Any:
-        revisions = await self._desired_revisions()
-        return {
-            "agents": self._agent_view(revisions, time.time()),
-            "store_ok": revisions is not None,
-        }
+    async def _stats_share(self, params: Params) -> StatsShare:
+        return StatsShare(
+            name=self.settings.name,
+            uptime_s=round(time.time() - self.started, 3),
+            counters=dict(self.counters),
+            cluster=dict(self.cluster.counters),
+            agents=len(self.presence.agents),
+            inventory_hosts=len(self.index),
+        )
 
-    async def h_agents_show(self, params: dict[str, Any]) -> Any:
-        host = params.get("host")
-        if host not in self.presence.agents:
-            raise ProtocolError(f"unknown agent {host!r}")
-        revisions = await self._desired_revisions()
-        view = [a for a in self._agent_view(revisions, time.time()) if a["host"] == host]
-        return {**view[0], "events": self.events.get(str(host), [])}
-
-    async def h_fleet_status(self, params: dict[str, Any]) -> Any:
-        revisions = await self._desired_revisions()
-        return fleet_summary(self._agent_view(revisions, time.time()), revisions)
-
-    async def h_expected(self, params: dict[str, Any]) -> Any:
-        try:
-            scope = Scope(params["scope"])
-            target = str(params["target"])
-        except (KeyError, ValueError) as exc:
-            raise ProtocolError("expected: needs scope and target") from exc
-        return self.presence.expected(scope, target)
-
-    async def h_acks(self, params: dict[str, Any]) -> Any:
-        acks = self.ledger.get(str(params.get("cmd_id", "")))
-        if acks is None:
-            raise ProtocolError("no acks recorded for that command (unknown or evicted)")
-        return {
-            h: {"status": a.status.value, "rev": a.rev, "detail": a.detail} for h, a in acks.items()
-        }
-
-    async def _config_pointers(self) -> dict[str, int] | None:
-        """Current version per scope label, from the `current` pointers in etcd."""
-        try:
-            kvs, _ = await self.store.get_prefix(self.keys.config_prefix, keys_only=True)
-            pointer_keys = [kv.key for kv in kvs if kv.key.endswith("/current")]
-            pointers, _ = await self.store.get_many(pointer_keys) if pointer_keys else ([], 0)
-        except HidsError:
-            return None
-        out: dict[str, int] = {}
-        base = self.keys.config_prefix
-        for kv in pointers:
-            rest = kv.key[len(base) : -len("/current")]
-            label = "fleet" if rest == "fleet" else rest.replace("/", ":", 1)
-            try:
-                out[label] = decode_config_pointer(kv.value)[0]
-            except ProtocolError:
-                out[label] = -1  # corrupt pointer: no agent can converge to it
-        return out
-
-    async def h_config_status(self, params: dict[str, Any]) -> Any:
-        """Which agents run which versions, which rejected one and why, who lags."""
-        pointers = await self._config_pointers()
-        rows = []
-        for rec in sorted(self.presence.agents.values(), key=lambda r: r.host):
-            hb = rec.heartbeat
-            if hb is None:
-                continue
-            cfg = hb.config
-            running = dict(cfg.versions)
-            want: dict[str, int] | None = None
-            if pointers is not None:
-                labels = ["fleet", *(f"group:{g}" for g in hb.groups), f"host:{rec.host}"]
-                want = {lbl: pointers[lbl] for lbl in labels if lbl in pointers}
-            rows.append({
-                "host": rec.host,
-                "liveness": rec.liveness.value,
-                "running": running,
-                "desired": want,
-                "converged": None if want is None else running == want,
-                "status": cfg.status,
-                "rejected": cfg.to_map()["rejected"],
-                "fingerprint": cfg.fingerprint or None,
-            })  # fmt: skip
-        return {"store_ok": pointers is not None, "current": pointers or {}, "agents": rows}
-
-    async def h_ping(self, params: dict[str, Any]) -> Any:
-        return {
-            "name": self.settings.name,
-            "version": __version__,
-            "uptime_s": round(time.time() - self.started, 3),
-            "counters": dict(self.counters),
-            "presence_events": self.sys_bus is not None,
-            "id": self.cluster.id,
-            "members": self.cluster.describe(),
-            "cluster": dict(self.cluster.counters),
-            "inventory": {"ok": self.inventory_ok, **self.index.stats()},
-        }
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def _ensure_stream(self, cfg: Any) -> None:
-        js = self.bus.client.jetstream(timeout=5)
-        try:
-            await js.add_stream(cfg)
-        except Exception as exc:  # already exists with other settings: update it
-            if "already in use" not in str(exc):
-                raise
-            await js.update_stream(cfg)
-
-    async def ensure_stream(self) -> None:
-        """Create or update the telemetry stream: bounded, with a de-duplication window so a
-        batch resent after a lost ack is stored once."""
-        from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-
-        await self._ensure_stream(StreamConfig(
-            name=self.subjects.telemetry_stream(),
-            subjects=[self.subjects.telemetry_all()],
-            max_bytes=self.settings.stream_max_bytes,
-            max_age=self.settings.stream_max_age_s,
-            discard=DiscardPolicy.OLD,
-            storage=StorageType.FILE,
-            duplicate_window=120.0,
-        ))  # fmt: skip
-
-    def _account(self, headers: dict[str, str], body_len: int) -> None:
-        """Per host+plugin: records, batches, and gaps or repeats in the sequence."""
-        from hidsd.wire import frames
-
-        host = headers.get(frames.H_HOST, "?")
-        plugin = headers.get(frames.H_PLUGIN, "?")
-        try:
-            epoch = int(headers.get(frames.H_EPOCH, "0"))
-            seq = int(headers.get(frames.H_SEQ, "0"))
-            count = int(headers.get(frames.H_COUNT, "0"))
-        except ValueError:
-            self.counters["bad_telemetry"] += 1
-            return
-        st = self.telemetry.setdefault(f"{host}/{plugin}", {
-            "host": host, "plugin": plugin, "records": 0, "batches": 0, "bytes": 0,
-            "gaps": 0, "missing_records": 0, "repeats": 0, "epoch": epoch, "next_seq": seq,
-            "last_at": 0.0,
-        })  # fmt: skip
-        if epoch != st["epoch"]:
-            st["epoch"], st["next_seq"] = epoch, 1
-        if seq > st["next_seq"]:
-            st["gaps"] += 1
-            st["missing_records"] += seq - st["next_seq"]
-        elif seq < st["next_seq"]:
-            st["repeats"] += 1
-        st["next_seq"] = max(st["next_seq"], seq + count)
-        st["records"] += count
-        st["batches"] += 1
-        st["bytes"] += body_len
-        st["last_at"] = time.time()
-
-    async def _ingest(self) -> None:
-        """A durable pull consumer shared by all controllers: each batch goes to one."""
-        import nats.errors
-
-        js = self.bus.client.jetstream(timeout=5)
-        sub = await js.pull_subscribe(
-            self.subjects.telemetry_all(), durable="hidsd-controllers",
-            stream=self.subjects.telemetry_stream(),
+    async def h_controllers(self, params: Params) -> Controllers:
+        """Every live controller's own counters (how the work is divided)."""
+        results, how = await self.cluster.scatter(
+            verbs.PEER_STATS.name, {}, self._stats_share, timeout_s=1.0,
+            decode=verbs.PEER_STATS.check,
         )  # fmt: skip
-        while True:
-            try:
-                msgs = await sub.fetch(256, timeout=1.0)
-            except nats.errors.TimeoutError:
-                continue
-            for msg in msgs:
-                self._account(dict(msg.headers or {}), len(msg.data))
-                await msg.ack()
-            self.counters["telemetry_batches"] += len(msgs)
+        rows = []
+        for mid, res in results.items():
+            if how[mid].startswith("redone"):  # our own numbers are not theirs
+                member = self.cluster.members.get(mid)
+                rows.append(ControllerRow(mid, member.name if member else "?", None))
+            else:
+                rows.append(ControllerRow(mid, res.name, res))
+        rows.sort(key=lambda r: r.name)
+        return Controllers(tuple(rows))
 
-    async def _keep_running(
-        self, what: str, body: Callable[[], Awaitable[None]], set_ok: Callable[[bool], None]
-    ) -> None:
-        """Run `body` for good, retried with backoff: a NATS without JetStream (or a stream
-        that cannot be created) degrades `what`, never presence or control."""
-        import random
+    async def h_inventory_stats(self, params: Params) -> InventoryStats:
+        now = time.time()
+        hosts = {h: round(now - (self.index.inventory_time(h) or now), 1)
+                 for h in self.index.hosts()}  # fmt: skip
+        return InventoryStats(self.inventory_ok, self._index_stats(), hosts)
 
-        from hidsd.bus.transport import backoff_delay
-
-        failures = 0
-        rng = random.Random()
-        while True:
-            started = time.monotonic()
-            try:
-                await body()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                set_ok(False)
-                failures = 1 if time.monotonic() - started > 60 else failures + 1
-                self.counters[f"{what}_errors"] += 1
-                self.log.warning(f"{what}_unavailable", error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(backoff_delay(failures, 1.0, 30.0, rng))
-
-    async def _telemetry(self) -> None:
-        await self.ensure_stream()
-        self.telemetry_ok = True
-        await self._ingest()
-
-    def _set_telemetry_ok(self, ok: bool) -> None:
-        self.telemetry_ok = ok
-
-    async def h_telemetry_stats(self, params: dict[str, Any]) -> Any:
-        return {"streams": sorted(self.telemetry.values(), key=lambda d: (d["host"], d["plugin"]))}
-
-    # ------------------------------------------------------------------ inventory, queries
+    # ------------------------------------------------------------------ inventory
 
     async def ensure_inventory_stream(self) -> None:
         """The latest package set per host (one message kept per subject): the durable source
         every controller's index is rebuilt from, and what offline hosts are answered from."""
-        from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-
-        await self._ensure_stream(StreamConfig(
-            name=self.subjects.inventory_stream(),
-            subjects=[self.subjects.inventory_all()],
-            max_msgs_per_subject=1,
-            max_bytes=self.settings.inventory_max_bytes,
-            discard=DiscardPolicy.OLD,
-            storage=StorageType.FILE,
-            duplicate_window=120.0,
+        await self.bus.js_ensure_stream(StreamSpec(
+            self.subjects.inventory_stream(), (self.subjects.inventory_all(),),
+            max_bytes=self.settings.inventory_max_bytes, max_msgs_per_subject=1,
         ))  # fmt: skip
 
     def on_inventory(self, subject: str, headers: dict[str, str], data: bytes) -> bool:
@@ -519,79 +268,31 @@ class Controller:
     def _set_inventory_ok(self, ok: bool) -> None:
         self.inventory_ok = ok
 
-    async def h_inventory_stats(self, params: dict[str, Any]) -> Any:
-        now = time.time()
-        hosts = {h: round(now - (self.index.inventory_time(h) or now), 1)
-                 for h in self.index.hosts()}  # fmt: skip
-        return {"ok": self.inventory_ok, **self.index.stats(), "age_s": hosts}
+    # ------------------------------------------------------------------ lifecycle
 
-    async def on_peer_request(self, msg: Msg) -> None:
-        """A coordinator's request for this controller's share of split work."""
-        await self.peer_endpoints.serve(msg, msg.subject.rsplit(".", 1)[-1])
+    async def _keep_running(
+        self, what: str, body: Callable[[], Awaitable[None]], set_ok: Callable[[bool], None]
+    ) -> None:
+        """Run `body` for good, retried with backoff: a NATS without JetStream (or a stream
+        that cannot be created) degrades `what`, never presence or control."""
+        import random
 
-    async def _query_share(self, params: dict[str, Any]) -> Any:
-        """Evaluate the hosts of one share (those `shard` owns among `members`)."""
-        from hidsd.wire.ranges import QueryError
+        from hidsd.bus.transport import backoff_delay
 
-        try:
-            ranges = ranges_from_wire(params["ranges"])
-            members = [str(m) for m in params["members"]]
-            shard = str(params["shard"])
-        except (KeyError, TypeError, ValueError, QueryError) as exc:
-            raise ProtocolError(f"query share: {exc}") from exc
-        if self.settings.test_share_delay_s:  # fault injection for tests: a share in flight
-            await asyncio.sleep(self.settings.test_share_delay_s)
-        mine = [h for h in self.index.hosts() if owner(h, members) == shard]
-        uncomparable: dict[str, list[tuple[str, str]]] = {}
-        matches, counters = self.index.evaluate(ranges, mine, uncomparable)
-        return {
-            "uncomparable": {h: [list(pv) for pv in v] for h, v in uncomparable.items()},
-            "controller": self.settings.name,
-            "evaluated": {h: self.index.inventory_time(h) for h in mine},
-            "matches": {h: [match_to_wire(m) for m in ms] for h, ms in matches.items()},
-            "counters": counters,
-        }
-
-    async def _stats_share(self, params: dict[str, Any]) -> Any:
-        return {
-            "name": self.settings.name,
-            "uptime_s": round(time.time() - self.started, 3),
-            "counters": dict(self.counters),
-            "cluster": dict(self.cluster.counters),
-            "agents": len(self.presence.agents),
-            "inventory_hosts": len(self.index),
-        }
-
-    async def h_controllers(self, params: dict[str, Any]) -> Any:
-        """Every live controller's own counters (how the work is divided)."""
-        results, how = await self.cluster.scatter("stats", {}, self._stats_share, timeout_s=1.0)
-        rows = []
-        for mid, res in results.items():
-            if how[mid].startswith("redone"):  # our own numbers are not theirs
-                member = self.cluster.members.get(mid)
-                rows.append({"id": mid, "name": member.name if member else "?",
-                             "error": "did not answer"})  # fmt: skip
-            else:
-                rows.append({"id": mid, **res})
-        rows.sort(key=lambda r: str(r["name"]))
-        return {"controllers": rows}
-
-    async def h_query(self, params: dict[str, Any]) -> Any:
-        """Which hosts run an affected version: split over the controllers, merged here, with
-        every known host accounted for (matched, clean, offline from its last inventory, or
-        no answer)."""
-        from hidsd.wire.ranges import QueryError
-
-        try:
-            wire = list(params["ranges"])
-            ranges_from_wire(wire)  # reject a bad query here, before any peer sees it
-            max_age = float(params.get("max_age_s", DEFAULT_MAX_AGE_S))
-        except (KeyError, TypeError, ValueError, QueryError) as exc:
-            raise ProtocolError(f"query: {getattr(exc, 'message', exc)}") from exc
-        started = time.monotonic()
-        results, how = await self.cluster.scatter("query", {"ranges": wire}, self._query_share)
-        liveness = {h: r.liveness.value for h, r in self.presence.agents.items()}
-        return merge_query(results, how, liveness, max_age, started, time.time())
+        failures = 0
+        rng = random.Random()
+        while True:
+            started = time.monotonic()
+            try:
+                await body()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                set_ok(False)
+                failures = 1 if time.monotonic() - started > 60 else failures + 1
+                self.counters[f"{what}_errors"] += 1
+                self.log.warning(f"{what}_unavailable", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(backoff_delay(failures, 1.0, 30.0, rng))
 
     async def _sweep(self) -> None:
         while True:
@@ -608,15 +309,16 @@ class Controller:
         try:
             s = self.subjects
             # each heartbeat and ack to one controller, which forwards a copy to the others
-            await self.bus.subscribe(s.heartbeat_all(), self.on_heartbeat, queue=INGEST_QUEUE)
-            await self.bus.subscribe(s.ack_all(), self.on_ack, queue=INGEST_QUEUE)
+            ingest = self.ingest
+            await self.bus.subscribe(s.heartbeat_all(), ingest.on_heartbeat, queue=INGEST_QUEUE)
+            await self.bus.subscribe(s.ack_all(), ingest.on_ack, queue=INGEST_QUEUE)
             await self.bus.subscribe(s.ctl_sync(), self.cluster.on_sync)
             await self.bus.subscribe(s.ctl_peer(self.cluster.id, "*"), self.on_peer_request)
-            await self.bus.subscribe(s.event_all(), self.on_event)
+            await self.bus.subscribe(s.event_all(), self.ingest.on_event)
             await self.bus.subscribe(s.ctl_all(), self.on_request, queue=CONTROLLER_QUEUE)
             if self.sys_bus is not None:
-                await self.sys_bus.subscribe("$SYS.ACCOUNT.*.CONNECT", self.on_advisory)
-                await self.sys_bus.subscribe("$SYS.ACCOUNT.*.DISCONNECT", self.on_advisory)
+                await self.sys_bus.subscribe("$SYS.ACCOUNT.*.CONNECT", self.ingest.on_advisory)
+                await self.sys_bus.subscribe("$SYS.ACCOUNT.*.DISCONNECT", self.ingest.on_advisory)
             else:
                 self.log.warning(
                     "no_system_account",
@@ -636,7 +338,7 @@ class Controller:
                     tasks.append(
                         tg.create_task(
                             self._keep_running(
-                                "telemetry", self._telemetry, self._set_telemetry_ok
+                                "telemetry", self.telemetry.run, self.telemetry.set_ok
                             ),
                             name="telemetry",
                         )

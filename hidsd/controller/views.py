@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
 
+from hidsd.base.storage import StorageStatus
 from hidsd.controller.presence import CLOCK_SKEW_WARN_S
 from hidsd.wire.names import KeyLayout
+from hidsd.wire.replies import AgentRow, BreakerSummary, FleetStatus, Liveness, StorageSummary
 
 
 def host_desired_revision(
@@ -16,47 +18,46 @@ def host_desired_revision(
     return max((revisions.get(k, 0) for k in keys.applicable(host, groups)), default=0)
 
 
-def fleet_summary(agents: list[dict[str, Any]], revisions: dict[str, int] | None) -> dict[str, Any]:
+def fleet_summary(agents: Sequence[AgentRow], revisions: dict[str, int] | None) -> FleetStatus:
     """`fleet status`: counts by liveness, run mode, breaker and storage state, and the hosts an
     operator must look at (held, not converged, breaker not normal, storage not ok, skewed)."""
-    online = [a for a in agents if a["liveness"] == "online"]
-    by_mode = Counter(a.get("mode", "unknown") for a in online)
-    by_breaker = Counter(a.get("breaker", {}).get("state", "unknown") for a in online)
-    breaker_not_normal = {
-        a["host"]: {
-            "state": a["breaker"].get("state"),
-            "reason": a["breaker"].get("reason"),
-            "denylist": sorted(a["breaker"].get("denylist", {})),
-        }
+    online = [a for a in agents if a.liveness is Liveness.ONLINE]
+    breakers = [(a.host, a.report.breaker) for a in online
+                if a.report is not None and a.report.breaker is not None]  # fmt: skip
+    storages = [(a.host, a.report.storage) for a in online
+                if a.report is not None and a.report.storage is not None]  # fmt: skip
+    by_mode = Counter(a.report.mode.value if a.report else "unknown" for a in online)
+    by_breaker = Counter(a.report.breaker.state if a.report and a.report.breaker else "unknown"
+                         for a in online)  # fmt: skip
+    by_storage = Counter(
+        a.report.storage.status.value if a.report and a.report.storage else "unknown"
         for a in online
-        if a.get("breaker", {}).get("state", "normal") != "normal"
-    }
-    lagging = sorted(a["host"] for a in agents if a["converged"] is False)
-    storage_not_ok = {
-        a["host"]: {k: a["storage"][k] for k in ("status", "path", "error")}
-        for a in online
-        if (a.get("storage") or {}).get("status", "ok") != "ok"
-    }
-    clock_skewed = {
-        a["host"]: a["clock_skew_s"]
-        for a in online
-        if a.get("clock_skew_s") is not None and abs(a["clock_skew_s"]) > CLOCK_SKEW_WARN_S
-    }
-    return {
-        "agents": len(agents),
-        "online": len(online),
-        "offline": len(agents) - len(online),
-        "offline_hosts": sorted(a["host"] for a in agents if a["liveness"] == "offline"),
-        "by_mode": dict(by_mode),
-        "by_breaker": dict(by_breaker),
-        "breaker_not_normal": breaker_not_normal,
-        "by_storage": dict(
-            Counter((a.get("storage") or {}).get("status", "unknown") for a in online)
-        ),
-        "storage_not_ok": storage_not_ok,
-        "clock_skewed": clock_skewed,
-        "held": sorted(a["host"] for a in agents if a.get("held")),
-        "not_converged": lagging,
-        "store_ok": revisions is not None,
-        "desired": revisions or {},
-    }
+    )
+    return FleetStatus(
+        agents=len(agents),
+        online=len(online),
+        offline=len(agents) - len(online),
+        offline_hosts=tuple(sorted(a.host for a in agents if a.liveness is Liveness.OFFLINE)),
+        by_mode=dict(by_mode),
+        by_breaker=dict(by_breaker),
+        breaker_not_normal={
+            h: BreakerSummary(b.state, b.reason, tuple(sorted(b.denylist)))
+            for h, b in breakers
+            if b.state != "normal"
+        },
+        by_storage=dict(by_storage),
+        storage_not_ok={
+            h: StorageSummary(st.status, st.path, st.error)
+            for h, st in storages
+            if st.status is not StorageStatus.OK
+        },
+        clock_skewed={
+            a.host: a.clock_skew_s
+            for a in online
+            if a.clock_skew_s is not None and abs(a.clock_skew_s) > CLOCK_SKEW_WARN_S
+        },
+        held=tuple(sorted(a.host for a in agents if a.report is not None and a.report.held)),
+        not_converged=tuple(sorted(a.host for a in agents if a.converged is False)),
+        store_ok=revisions is not None,
+        desired=revisions or {},
+    )

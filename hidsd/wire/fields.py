@@ -16,7 +16,7 @@ from hidsd.base.errors import ProtocolError
 
 #: a value msgpack carries, maps keyed by text: the type of a reply's free-form parts
 Plain: TypeAlias = (
-    None | bool | int | float | str | bytes | Sequence["Plain"] | Mapping[str, "Plain"]
+    bool | int | float | str | bytes | Sequence["Plain"] | Mapping[str, "Plain"] | None
 )
 #: a reply or a request as it goes on the wire
 WireMap: TypeAlias = Mapping[str, Plain]

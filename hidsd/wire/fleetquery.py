@@ -104,8 +104,9 @@ class PackageMatch:
     @classmethod
     def from_wire(cls, obj: object, what: str) -> PackageMatch:
         m = as_map(obj, what)
-        return cls(*(get(m, k, as_text, what)
-                     for k in ("ecosystem", "package", "version", "range", "source")))  # fmt: skip
+        return cls(get(m, "ecosystem", as_text, what), get(m, "package", as_text, what),
+                   get(m, "version", as_text, what), get(m, "range", as_text, what),
+                   get(m, "source", as_text, what))  # fmt: skip
 
 
 def _pair(obj: object, what: str) -> tuple[str, str]:
@@ -218,8 +219,10 @@ class QueryCounts:
     @classmethod
     def from_wire(cls, obj: object, what: str) -> QueryCounts:
         m = as_map(obj, what)
-        return cls(*(get(m, k, as_int, what) for k in ("hosts", "answered", "matched", "clean",
-                                                        "offline_answered", "no_answer")))  # fmt: skip
+        return cls(get(m, "hosts", as_int, what), get(m, "answered", as_int, what),
+                   get(m, "matched", as_int, what), get(m, "clean", as_int, what),
+                   get(m, "offline_answered", as_int, what),
+                   get(m, "no_answer", as_int, what))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,6 @@ from hidsd.wire.fields import (
     as_int,
     as_map,
     as_number,
-    as_plain,
     as_text,
     enum_of,
     get,
@@ -41,6 +40,7 @@ from hidsd.wire.heartbeat import (
     ConfigRejection,
     ConfigReport,
     Heartbeat,
+    HostFacts,
     PluginReport,
     storage_from_map,
     storage_to_map,
@@ -71,7 +71,7 @@ class AgentReport:
     uptime_s: float
     cpu_pct: float
     rss_bytes: int
-    facts: Mapping[str, Plain]
+    facts: HostFacts
     rejections: Mapping[str, int]
     seq: int
     plugins: Mapping[str, PluginReport]
@@ -92,7 +92,7 @@ class AgentReport:
             "mode": self.mode.value, "groups": list(self.groups), "version": self.version,
             "applied_rev": self.applied_rev, "held": self.held, "interval_s": self.interval_s,
             "uptime_s": self.uptime_s, "cpu_pct": self.cpu_pct, "rss_bytes": self.rss_bytes,
-            "facts": self.facts, "rejections": self.rejections, "seq": self.seq,
+            "facts": self.facts.to_map(), "rejections": self.rejections, "seq": self.seq,
             "plugins": {n: p.to_map() for n, p in self.plugins.items()},
             "config": self.config.to_map(),
             "breaker": self.breaker.to_map() if self.breaker is not None else {},
@@ -109,6 +109,7 @@ class AgentReport:
             breaker = BreakerReport.from_map(get(m, "breaker", as_map, what))
             storage = None if m.get("storage") is None else storage_from_map(m["storage"])
             clock = ClockReport.from_map(get(m, "clock", as_map, what))
+            facts = HostFacts.from_map(get(m, "facts", as_map, what))
         except ProtocolError as exc:
             raise ProtocolError(f"{what}: {exc.message}", **exc.fields) from exc
         return cls(
@@ -121,7 +122,7 @@ class AgentReport:
             uptime_s=get(m, "uptime_s", as_number, what),
             cpu_pct=get(m, "cpu_pct", as_number, what),
             rss_bytes=get(m, "rss_bytes", as_int, what),
-            facts=get(m, "facts", map_of(as_plain), what),
+            facts=facts,
             rejections=get(m, "rejections", int_map, what),
             seq=get(m, "seq", as_int, what),
             plugins=plugins, config=config, breaker=breaker, storage=storage, clock=clock,

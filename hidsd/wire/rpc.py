@@ -119,10 +119,14 @@ class Verb(Generic[R_co]):
     name: str
     reply: Callable[[object, str], R_co]
 
+    def check(self, result: object) -> R_co:
+        """A decoded reply's result to its type; ProtocolError naming the field that is wrong."""
+        return self.reply(result, f"{self.name} reply")
+
     def decode(self, data: bytes) -> R_co:
         """A reply's bytes to its type; ProtocolError with the controller's error message or
         naming the field that is wrong."""
-        return self.reply(decode_reply(data), f"{self.name} reply")
+        return self.check(decode_reply(data))
 
 
 # --------------------------------------------------------------------------- request parameters

@@ -25,7 +25,7 @@ from hidsd.wire.fields import (
 
 
 @dataclass(frozen=True, slots=True)
-class Member:
+class MemberRow:
     """A live controller as one member sees the cluster."""
 
     id: str
@@ -40,7 +40,7 @@ class Member:
                 "last_seen_ago_s": self.last_seen_ago_s, "uptime_s": self.uptime_s}  # fmt: skip
 
     @classmethod
-    def from_wire(cls, obj: object, what: str) -> Member:
+    def from_wire(cls, obj: object, what: str) -> MemberRow:
         m = as_map(obj, what)
         return cls(get(m, "id", as_text, what), get(m, "name", as_text, what),
                    get(m, "self", as_flag, what), get(m, "last_seen_ago_s", as_number, what),
@@ -63,8 +63,9 @@ class IndexStats:
 
     @classmethod
     def from_wire(cls, m: Mapping[str, object], what: str) -> IndexStats:
-        return cls(*(get(m, k, as_int, what)
-                     for k in ("hosts", "triples", "packages", "os_groups", "approx_bytes")))  # fmt: skip
+        return cls(get(m, "hosts", as_int, what), get(m, "triples", as_int, what),
+                   get(m, "packages", as_int, what), get(m, "os_groups", as_int, what),
+                   get(m, "approx_bytes", as_int, what))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ class Ping:
     #: the controller gets NATS's connect/disconnect advisories (else heartbeat timeouts only)
     presence_events: bool
     id: str
-    members: tuple[Member, ...]
+    members: tuple[MemberRow, ...]
     cluster: Mapping[str, int]
     inventory: InventoryHealth
 
@@ -116,7 +117,7 @@ class Ping:
             counters=get(m, "counters", int_map, what),
             presence_events=get(m, "presence_events", as_flag, what),
             id=get(m, "id", as_text, what),
-            members=get(m, "members", list_of(Member.from_wire), what),
+            members=get(m, "members", list_of(MemberRow.from_wire), what),
             cluster=get(m, "cluster", int_map, what),
             inventory=get(m, "inventory", InventoryHealth.from_wire, what),
         )
