@@ -27,6 +27,8 @@ from hidsd.ctl.common import (
 from hidsd.wire import dynconfig
 from hidsd.wire.configstore import ConfigVersion
 from hidsd.wire.names import Scope, parse_scope
+from hidsd.wire.rpc import HostRequest
+from hidsd.wire.verbs import AGENTS_SHOW, CONFIG_STATUS
 
 config_app = typer.Typer(help="Versioned agent config: set, history, diff, rollback.",
                          no_args_is_help=True)  # fmt: skip
@@ -200,11 +202,12 @@ def config_effective(
     s: CtlSettings = ctx.obj
     if groups is None:
         try:
-            info = asyncio.run(_ask(s, "agents.show", {"host": host}))
+            info = asyncio.run(_ask(s, AGENTS_SHOW, HostRequest(host).to_params()))
         except (HidsError, ProtocolError) as exc:
             err.print(f"[red]error:[/] cannot learn {host}'s groups ({exc}); pass --groups")
             raise typer.Exit(Exit.USAGE) from exc
-        group_list = tuple(info.get("groups", []))
+        report = info.agent.report
+        group_list = report.groups if report is not None else ()
     else:
         group_list = tuple(g.strip() for g in groups.split(",") if g.strip())
     res = _go(s, lambda st: configplane.effective(st, s.keys, host, group_list))
@@ -228,29 +231,29 @@ def config_status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Which agents run which versions, which rejected one and why, which lag."""
     s: CtlSettings = ctx.obj
     try:
-        res = asyncio.run(_ask(s, "config.status", {}))
+        res = asyncio.run(_ask(s, CONFIG_STATUS))
     except HidsError as exc:
         raise _fail(exc) from exc
     if as_json:
-        _emit_json(res)
+        _emit_json(res.to_wire())
     else:
         t = Table(title="config status")
         for col in ("host", "liveness", "running", "converged", "status", "rejected"):
             t.add_column(col)
-        for a in res["agents"]:
-            running = ", ".join(f"{k} v{v}" for k, v in sorted(a["running"].items())) or "-"
-            conv = a["converged"]
-            rej = a.get("rejected") or {}
+        for a in res.agents:
+            running = ", ".join(f"{k} v{v}" for k, v in sorted(a.running.items())) or "-"
+            conv = a.converged
+            rej = a.rejected
             t.add_row(
-                a["host"], a["liveness"], running,
+                a.host, a.liveness.value, running,
                 "-" if conv is None else ("yes" if conv else "[yellow]no[/]"),
-                a["status"] if a["status"] != "rejected" else "[red]rejected[/]",
-                f"{rej.get('scope')} v{rej.get('version')}: {rej.get('error')}" if rej else "",
+                a.status if a.status != "rejected" else "[red]rejected[/]",
+                f"{rej.scope} v{rej.version}: {rej.error}" if rej else "",
             )  # fmt: skip
         out.print(t)
-        if not res["store_ok"]:
+        if not res.store_ok:
             err.print("[yellow]etcd unreachable from the controller: convergence unknown[/]")
-    lagging = [a for a in res["agents"] if a["converged"] is False]
-    rejected = [a for a in res["agents"] if a["status"] == "rejected"]
+    lagging = [a for a in res.agents if a.converged is False]
+    rejected = [a for a in res.agents if a.status == "rejected"]
     if lagging or rejected:
         raise typer.Exit(Exit.INCOMPLETE)

@@ -9,6 +9,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import msgpack
@@ -18,6 +19,10 @@ from rich.table import Table
 from hidsd.base.errors import HidsError
 from hidsd.ctl.common import CtlSettings, Exit, _ask, _connect, _emit_json, _fail, err, out
 from hidsd.wire import frames
+from hidsd.wire.fields import Plain
+from hidsd.wire.heartbeat import PluginReport
+from hidsd.wire.replies import AgentRow
+from hidsd.wire.verbs import AGENTS_LIST
 
 plugins_app = typer.Typer(help="Plugins on every agent: state, usage, drops.",
                           no_args_is_help=True)  # fmt: skip
@@ -26,16 +31,16 @@ events_app = typer.Typer(help="Telemetry from the fleet, decoded.", no_args_is_h
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-def _rows(agents: list[dict[str, Any]], host: str | None) -> list[dict[str, Any]]:
-    rows = []
-    for a in agents:
-        if host and a["host"] != host:
-            continue
-        for name, st in sorted((a.get("plugins") or {}).items()):
-            drops = sum(v for k, v in st.items() if k.startswith("tel.dropped_"))
-            rows.append({"host": a["host"], "plugin": name, "liveness": a["liveness"],
-                         "drops": drops, **st})  # fmt: skip
-    return rows
+def _rows(agents: Sequence[AgentRow], host: str | None) -> list[tuple[AgentRow, str, PluginReport]]:
+    """Every plugin of every agent (of `host` only, if given), by host and plugin name."""
+    return [(a, name, p) for a in agents if a.report is not None and not (host and a.host != host)
+            for name, p in sorted(a.report.plugins.items())]  # fmt: skip
+
+
+def _row_json(a: AgentRow, name: str, p: PluginReport) -> dict[str, Plain]:
+    """A plugin as `plugins status --json` prints it: the heartbeat's flat map of it."""
+    return {"host": a.host, "plugin": name, "liveness": a.liveness.value, "drops": p.dropped,
+            **p.to_map()}  # fmt: skip
 
 
 @plugins_app.command("status")
@@ -47,24 +52,23 @@ def plugins_status(
     """Every plugin on every agent: state, CPU, RSS, records, drops (all counted), spool."""
     s: CtlSettings = ctx.obj
     try:
-        res = asyncio.run(_ask(s, "agents.list", {}))
+        res = asyncio.run(_ask(s, AGENTS_LIST))
     except HidsError as exc:
         raise _fail(exc) from exc
-    rows = _rows(res["agents"], host)
+    rows = _rows(res.agents, host)
     if as_json:
-        _emit_json(rows)
+        _emit_json([_row_json(*r) for r in rows])
         return
     t = Table(title=f"{len(rows)} plugins (--json for pid, spool, last exit, every counter)")
     for col in ("host", "plugin", "state", "cpu%", "MB", "read", "sent", "drops", "restarts"):
         t.add_column(col, no_wrap=col in ("host", "plugin", "state"))
-    for r in rows:
-        state = r["state"]
-        style = {"running": "green", "parked": "bold red", "backoff": "yellow"}.get(state, "")
+    for a, name, p in rows:
+        style = {"running": "green", "parked": "bold red", "backoff": "yellow"}.get(p.state, "")
         t.add_row(
-            r["host"], r["plugin"], f"[{style}]{state}[/]" if style else state,
-            f"{r.get('cpu_pct', 0):.1f}", f"{r.get('rss_bytes', 0) / 2**20:.0f}",
-            str(r.get("records", 0)), str(r.get("tel.records_out", 0)), str(r["drops"]),
-            str(max(0, r.get("starts", 1) - 1)),
+            a.host, name, f"[{style}]{p.state}[/]" if style else p.state,
+            f"{p.cpu_pct:.1f}", f"{p.rss_bytes / 2**20:.0f}",
+            str(p.counters.get("records", 0)), str(p.telemetry.get("records_out", 0)),
+            str(p.dropped), str(max(0, p.counters.get("starts", 1) - 1)),
         )  # fmt: skip
     out.print(t)
 
@@ -76,15 +80,15 @@ def plugins_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
     s: CtlSettings = ctx.obj
     try:
-        res = asyncio.run(_ask(s, "agents.list", {}))
+        res = asyncio.run(_ask(s, AGENTS_LIST))
     except HidsError as exc:
         raise _fail(exc) from exc
-    rows = _rows(res["agents"], None)
+    rows = _rows(res.agents, None)
     summary = {
         name: {
-            "running": sum(1 for r in rows if r["plugin"] == name and r["state"] == "running"),
-            "parked": sum(1 for r in rows if r["plugin"] == name and r["state"] == "parked"),
-            "hosts": sorted(r["host"] for r in rows if r["plugin"] == name),
+            "running": sum(1 for _, n, p in rows if n == name and p.state == "running"),
+            "parked": sum(1 for _, n, p in rows if n == name and p.state == "parked"),
+            "hosts": sorted(a.host for a, n, _ in rows if n == name),
         }
         for name in BUILTIN
     }

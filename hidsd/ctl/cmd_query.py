@@ -10,15 +10,21 @@ did not answer, 2 bad range, 9 bad advisory, 5 no controller.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from hidsd.base.errors import HidsError
 from hidsd.ctl.common import CtlSettings, Exit, _ask, _emit_json, _fail, _run, err, out
+from hidsd.wire.fields import Plain
+from hidsd.wire.fleetquery import QueryRequest, QueryResult, range_to_wire
+from hidsd.wire.ranges import AffectedRange
+from hidsd.wire.replies import Liveness
+from hidsd.wire.status import NO_ANSWER
+from hidsd.wire.verbs import CONTROLLERS, ENDPOINTS, QUERY
 
 query_app = typer.Typer(help="Fleet queries: which hosts run an affected version.",
                         no_args_is_help=True)  # fmt: skip
@@ -33,14 +39,11 @@ MaxAgeOpt = Annotated[
 TimeoutOpt = Annotated[float, typer.Option(help="seconds to wait for the answer")]
 
 
-def _wire(rng: Any) -> dict[str, Any]:
-    d = asdict(rng)
-    return {k: d[k] for k in ("ecosystem", "package", "spec", "distro", "release", "source")}
-
-
-def _query(s: CtlSettings, ranges: list[Any], max_age: float, timeout: float) -> Any:
-    params = {"ranges": [_wire(r) for r in ranges], "max_age_s": max_age}
-    return _run(lambda: _ask(s, "query", params, timeout_s=timeout))
+def _query(
+    s: CtlSettings, ranges: Sequence[AffectedRange], max_age: float, timeout: float
+) -> QueryResult:
+    params = QueryRequest(tuple(ranges), max_age).to_params()
+    return _run(lambda: _ask(s, QUERY, params, timeout_s=timeout))
 
 
 def _age(seconds: float | None) -> str:
@@ -53,50 +56,53 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _report(res: dict[str, Any], title: str, as_json: bool, extra: dict[str, Any]) -> None:
-    res = {**res, **extra}
-    c = res["counts"]
+def _report(
+    res: QueryResult, title: str, as_json: bool, extra: dict[str, Plain],
+    unsupported: Sequence[str] = (),
+) -> None:  # fmt: skip
+    """The answer as tables (or JSON: the reply's map with `extra` beside it); the exit code
+    says whether it is complete and whether any host is affected."""
+    c = res.counts
     if as_json:
-        _emit_json(res)
+        _emit_json({**res.to_wire(), **extra})
     else:
-        if res["matched"]:
-            t = Table(title=f"{title}: {c['matched']} affected hosts")
+        if res.matched:
+            t = Table(title=f"{title}: {c.matched} affected hosts")
             for col in ("host", "liveness", "installed", "affected range (source)", "age"):
                 t.add_column(col, no_wrap=col in ("host", "installed"))
-            for row in res["matched"]:
-                for p in row["packages"]:
-                    live = row["liveness"]
+            for row in res.matched:
+                for p in row.packages or ():
+                    live = row.liveness.value
                     color = "green" if live == "online" else "yellow"
-                    src = f" ({p['source']})" if p.get("source") not in (None, "", "cli") else ""
-                    t.add_row(row["host"], f"[{color}]{live}[/]",
-                              f"{p['package']} [red]{p['version']}[/]", p["range"] + src,
-                              _age(row.get("inventory_age_s")))  # fmt: skip
+                    src = f" ({p.source})" if p.source not in ("", "cli") else ""
+                    t.add_row(row.host, f"[{color}]{live}[/]",
+                              f"{p.package} [red]{p.version}[/]", p.range_spec + src,
+                              _age(row.inventory_age_s))  # fmt: skip
             out.print(t)
         s = Table(title=f"{title}: accounting", show_header=False)
         s.add_column("what")
         s.add_column("value")
-        s.add_row("hosts known", str(c["hosts"]))
-        s.add_row("answered", f"{c['answered']} ({c['offline_answered']} offline, from their "
+        s.add_row("hosts known", str(c.hosts))
+        s.add_row("answered", f"{c.answered} ({c.offline_answered} offline, from their "
                               "last known inventory)")  # fmt: skip
-        s.add_row("affected", f"[{'red' if c['matched'] else 'green'}]{c['matched']}[/]")
-        s.add_row("clean", str(c["clean"]))
-        s.add_row("no answer", f"[{'red' if c['no_answer'] else 'green'}]{c['no_answer']}[/]")
-        for row in res["no_answer"]:
-            s.add_row(f"  {row['host']}", f"{row['liveness']}: {row['reason']}")
-        offline = [r for r in res["matched"] + res["clean"] if r["liveness"] != "online"]
-        for row in offline:
-            s.add_row(f"  {row['host']} (offline)",
-                      f"answered from an inventory {_age(row['inventory_age_s'])} old")  # fmt: skip
-        shards = ", ".join(f"{sh['controller']}: {sh['hosts']} ({sh['how']})"
-                           for sh in res["shards"])  # fmt: skip
+        s.add_row("affected", f"[{'red' if c.matched else 'green'}]{c.matched}[/]")
+        s.add_row("clean", str(c.clean))
+        s.add_row("no answer", f"[{'red' if c.no_answer else 'green'}]{c.no_answer}[/]")
+        for missing in res.no_answer:
+            s.add_row(f"  {missing.host}", f"{missing.liveness.value}: {missing.reason}")
+        for row in res.matched + res.clean:
+            if row.liveness is not Liveness.ONLINE:
+                age = _age(row.inventory_age_s)
+                s.add_row(f"  {row.host} (offline)", f"answered from an inventory {age} old")
+        shards = ", ".join(f"{sh.controller}: {sh.hosts} ({sh.how})" for sh in res.shards)
         s.add_row("controllers", shards)
-        s.add_row("elapsed", f"{res['elapsed_ms']:.1f} ms")
-        for u in extra.get("unsupported", []):
+        s.add_row("elapsed", f"{res.elapsed_ms:.1f} ms")
+        for u in unsupported:
             s.add_row("not answerable", f"[yellow]{u}[/]")
         out.print(s)
-    if not res["complete"]:
+    if not res.complete:
         raise typer.Exit(Exit.INCOMPLETE)
-    if res["matched"]:
+    if res.matched:
         raise typer.Exit(Exit.AFFECTED)
 
 
@@ -118,7 +124,7 @@ def query_package(
         err.print(f"[red]error:[/] {exc.message}")
         raise typer.Exit(Exit.USAGE) from exc
     res = _query(ctx.obj, [rng], max_age, timeout)
-    _report(res, f"{rng.ecosystem}/{name} {rng.spec}", as_json, {"query": _wire(rng)})
+    _report(res, f"{rng.ecosystem}/{name} {rng.spec}", as_json, {"query": range_to_wire(rng)})
 
 
 @query_app.command("advisory")
@@ -152,7 +158,8 @@ def query_advisory(
         raise _fail(exc) from exc
     _report(res, adv.id, as_json, {"advisory": {"id": adv.id, "summary": adv.summary,
                                                 "aliases": list(adv.aliases)},
-                                   "unsupported": list(adv.unsupported)})  # fmt: skip
+                                   "unsupported": list(adv.unsupported)},
+            adv.unsupported)  # fmt: skip
 
 
 controllers_app = typer.Typer(help="The controllers and how they divide the work.",
@@ -162,31 +169,32 @@ controllers_app = typer.Typer(help="The controllers and how they divide the work
 @controllers_app.command("list")
 def controllers_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every live controller: heartbeats and acks it received, what it forwarded, its view."""
-    res = _run(lambda: _ask(ctx.obj, "controllers", {}, timeout_s=5.0))
+    res = _run(lambda: _ask(ctx.obj, CONTROLLERS, timeout_s=5.0))
     if as_json:
-        _emit_json(res)
+        _emit_json(res.to_wire())
         return
-    t = Table(title=f"{len(res['controllers'])} controllers")
+    t = Table(title=f"{len(res.controllers)} controllers")
     for col in ("name", "id", "up", "heartbeats", "acks", "fwd in", "agents", "inventories"):
         t.add_column(col, no_wrap=col == "name")
-    for c in res["controllers"]:
-        if c.get("error"):
-            t.add_row("?", c["id"], f"[red]{c['error']}[/]", "", "", "", "", "")
+    for c in res.controllers:
+        st = c.stats
+        if st is None:
+            t.add_row("?", c.id, f"[red]{NO_ANSWER}[/]", "", "", "", "", "")
             continue
-        n = c["counters"]
+        n = st.counters
         fwd = n.get("heartbeats_forwarded_in", 0) + n.get("acks_forwarded_in", 0)
-        t.add_row(c["name"], c["id"], f"{c['uptime_s']:.0f}s", str(n.get("heartbeats", 0)),
-                  str(n.get("acks", 0)), str(fwd), str(c["agents"]),
-                  str(c["inventory_hosts"]))  # fmt: skip
+        t.add_row(st.name, c.id, f"{st.uptime_s:.0f}s", str(n.get("heartbeats", 0)),
+                  str(n.get("acks", 0)), str(fwd), str(st.agents),
+                  str(st.inventory_hosts))  # fmt: skip
     out.print(t)
 
 
 @controllers_app.command("endpoints")
 def controllers_endpoints(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """One controller's request verbs with their counters (the one that answers)."""
-    res = _run(lambda: _ask(ctx.obj, "endpoints", {}))
+    res = _run(lambda: _ask(ctx.obj, ENDPOINTS))
     if as_json:
-        _emit_json(res)
+        _emit_json(res.to_wire())
         return
     t = Table(title="controller endpoints")
     for col in (
@@ -200,10 +208,10 @@ def controllers_endpoints(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         "last error",
     ):
         t.add_column(col, no_wrap=col in ("kind", "verb"))
-    for kind in ("controller", "peer"):
-        for verb, st in res[kind]["endpoints"].items():
-            internal = f"[red]{st['internal_errors']}[/]" if st["internal_errors"] else "0"
-            avg = f"{st['average_ms']:.2f}"
-            t.add_row(kind, verb, str(st["requests"]), str(st["errors"]), internal,
-                      str(st["too_large"]), avg, st["last_error"])  # fmt: skip
+    for kind, table in (("controller", res.controller), ("peer", res.peer)):
+        for verb, st in table.endpoints.items():
+            internal = f"[red]{st.internal_errors}[/]" if st.internal_errors else "0"
+            avg = f"{st.average_ms:.2f}"
+            t.add_row(kind, verb, str(st.requests), str(st.errors), internal,
+                      str(st.too_large), avg, st.last_error)  # fmt: skip
     out.print(t)

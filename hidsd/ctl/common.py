@@ -30,10 +30,12 @@ from hidsd.base.errors import (
     StorePermissionDenied,
     StoreUnavailable,
 )
+from hidsd.wire.fields import WireMap
 from hidsd.wire.names import KeyLayout, Subjects
-from hidsd.wire.rpc import decode_reply, encode_request
+from hidsd.wire.rpc import Reply, Verb, encode_request
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Reply)
 
 
 class Exit(IntEnum):
@@ -219,28 +221,30 @@ async def _connect(s: CtlSettings) -> Any:
 
 
 async def _ask(
-    s: CtlSettings, verb: str, params: dict[str, Any], timeout_s: float | None = None,
+    s: CtlSettings, verb: Verb[R], params: WireMap | None = None, timeout_s: float | None = None,
     attempts: int = 3,
-) -> Any:  # fmt: skip
-    """A read from the controllers. A controller that dies with our request in flight leaves
-    no reply: ask again, and the queue group hands it to another (reads are idempotent)."""
+) -> R:  # fmt: skip
+    """A read from the controllers, decoded to the verb's reply type (ProtocolError if it is
+    malformed). A controller that dies with our request in flight leaves no reply: ask again,
+    and the queue group hands it to another (reads are idempotent)."""
     bus = await _connect(s)
     try:
         for attempt in range(1, attempts + 1):
             try:
                 data = await bus.request(
-                    s.subjects.ctl(verb), encode_request(params), timeout_s or s.timeout_s
-                )
+                    s.subjects.ctl(verb.name), encode_request(params or {}),
+                    timeout_s or s.timeout_s,
+                )  # fmt: skip
                 break
             except NoResponse as exc:
                 if attempt == attempts:
                     raise NoResponse(
-                        f"no hidsd-controller answered {verb!r} ({attempts} tries); is one "
+                        f"no hidsd-controller answered {verb.name!r} ({attempts} tries); is one "
                         f"running and connected to {', '.join(s.nats)}?"
                     ) from exc
     finally:
         await bus.close()
-    return decode_reply(data)
+    return verb.decode(data)
 
 
 def _emit_json(obj: Any) -> None:

@@ -35,8 +35,10 @@ from hidsd.wire.commands import (
     encode_audit_entry,
 )
 from hidsd.wire.names import KeyLayout, Scope, Subjects
-from hidsd.wire.rpc import decode_reply, encode_request
+from hidsd.wire.replies import Expected
+from hidsd.wire.rpc import ExpectedRequest, encode_request
 from hidsd.wire.signing import OperatorKey, RejectReason
+from hidsd.wire.verbs import EXPECTED
 
 DEFAULT_TTL_S = 300.0
 #: a host whose ack shows a clock this far from ours is named in the summary
@@ -141,25 +143,19 @@ class IssueResult:
 
 async def fetch_expected(
     bus: Bus, subjects: Subjects, scope: Scope, target: str, timeout: float
-) -> dict[str, list[str]] | None:
-    """Ask any controller which hosts should ack; None if no controller answered. A controller
-    that dies with the request in flight leaves no reply: ask again (another one answers)."""
-    result = None
+) -> Expected | None:
+    """Ask any controller which hosts should ack; None if no controller answered (or its answer
+    is malformed). A controller that dies with the request in flight leaves no reply: ask
+    again (another one answers)."""
+    params = encode_request(ExpectedRequest(scope, target).to_params())
     for _ in range(3):
         try:
-            data = await bus.request(
-                subjects.ctl("expected"), encode_request({"scope": scope.value, "target": target}),
-                timeout,
-            )  # fmt: skip
-            result = decode_reply(data)
-            break
+            return EXPECTED.decode(await bus.request(subjects.ctl(EXPECTED.name), params, timeout))
         except NoResponse:
             continue
         except ProtocolError:
             return None
-    if result is None:
-        return None
-    return {"online": list(result["online"]), "offline": list(result["offline"])}
+    return None
 
 
 AckCallback = Callable[[Ack, IssueResult], None]
@@ -255,8 +251,8 @@ async def issue_command(
         if bus is not None:
             expected = await fetch_expected(bus, subjects, scope, target, controller_timeout_s)
         if expected is not None:
-            result.expected = expected["online"]
-            result.expected_offline = expected["offline"]
+            result.expected = list(expected.online)
+            result.expected_offline = list(expected.offline)
             # O(1) per ack: at fleet scale a list scan per ack is quadratic.
             expected_set = set(result.expected)
             remaining = expected_set - set(result.acks)

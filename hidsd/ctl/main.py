@@ -4,8 +4,9 @@ something (see `Exit`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -15,6 +16,7 @@ from hidsd.base.errors import (
     OperatorKeyError,
     ProtocolError,
 )
+from hidsd.base.storage import StorageReport
 from hidsd.ctl.common import (
     CtlSettings,
     Exit,
@@ -29,7 +31,11 @@ from hidsd.ctl.common import (
 )
 from hidsd.ctl.issuing import control
 from hidsd.wire.commands import CommandKind
+from hidsd.wire.heartbeat import BreakerReport, ClockReport
+from hidsd.wire.replies import AgentDetail, AgentRow
+from hidsd.wire.rpc import HostRequest
 from hidsd.wire.signing import OperatorKey, encode_public_key
+from hidsd.wire.verbs import AGENTS_LIST, AGENTS_SHOW, FLEET_STATUS
 
 app = typer.Typer(
     name="hidsctl", help="Operate an hidsd fleet.", no_args_is_help=True, add_completion=False
@@ -142,29 +148,29 @@ BREAKER_STYLE = {"normal": "green", "throttled": "yellow", "shedding": "dark_ora
 STORAGE_STYLE = {"ok": "green", "full": "bold red", "read-only": "bold red", "error": "red"}
 
 
-def _agents_table(agents: list[dict[str, Any]]) -> Table:
+def _agents_table(agents: Sequence[AgentRow]) -> Table:
     t = Table(title=f"{len(agents)} agents")
     for col in ("host", "liveness", "mode", "breaker", "storage", "groups", "rev", "converged",
                 "last seen"):  # fmt: skip
         t.add_column(col, no_wrap=col in ("host", "mode", "liveness"))
     for a in agents:
-        live = a["liveness"]
-        mode = a.get("mode", "?")
-        conv = a.get("converged")
-        br = str((a.get("breaker") or {}).get("state", "-"))
-        st = str((a.get("storage") or {}).get("status", "-"))
+        r = a.report
+        live = a.liveness.value
+        mode = r.mode.value if r else "?"
+        br = r.breaker.state if r and r.breaker else "-"
+        st = r.storage.status.value if r and r.storage else "-"
         t.add_row(
-            a["host"],
+            a.host,
             f"[{'green' if live == 'online' else 'red'}]{live}[/]",
-            f"[{MODE_STYLE.get(mode, 'white')}]{mode}[/]" + (" (held)" if a.get("held") else ""),
+            f"[{MODE_STYLE.get(mode, 'white')}]{mode}[/]" + (" (held)" if r and r.held else ""),
             f"[{BREAKER_STYLE.get(br, 'white')}]{br}[/]",
             f"[{STORAGE_STYLE.get(st, 'white')}]{st}[/]",
-            ",".join(a.get("groups", [])),
-            str(a.get("applied_rev", "-")),
+            ",".join(r.groups if r else ()),
+            str(r.applied_rev) if r else "-",
             "-"
-            if conv is None
-            else ("yes" if conv else f"[yellow]no (want {a['desired_rev']})[/]"),
-            _ago(a.get("last_seen")),
+            if a.converged is None
+            else ("yes" if a.converged else f"[yellow]no (want {a.desired_rev})[/]"),
+            _ago(a.last_seen),
         )
     return t
 
@@ -175,12 +181,12 @@ def agents_list(
 ) -> None:
     """Every agent the controllers know: presence, run mode, revision."""
     s: CtlSettings = ctx.obj
-    res = _run(lambda: _ask(s, "agents.list", {}))
+    res = _run(lambda: _ask(s, AGENTS_LIST))
     if as_json:
-        _emit_json(res)
+        _emit_json(res.to_wire())
         return
-    out.print(_agents_table(res["agents"]))
-    if not res["store_ok"]:
+    out.print(_agents_table(res.agents))
+    if not res.store_ok:
         err.print("[yellow]etcd unreachable from the controller: convergence unknown[/]")
 
 
@@ -191,9 +197,9 @@ def agents_show(
     """One agent in full: facts, usage, rejection counters."""
     s: CtlSettings = ctx.obj
 
-    async def ask() -> Any:
+    async def ask() -> AgentDetail | None:
         try:
-            return await _ask(s, "agents.show", {"host": host})
+            return await _ask(s, AGENTS_SHOW, HostRequest(host).to_params())
         except ProtocolError as exc:
             err.print(f"[red]error:[/] {exc.message}")
             return None
@@ -202,75 +208,82 @@ def agents_show(
     if res is None:
         raise typer.Exit(Exit.NOT_FOUND)
     if as_json:
-        _emit_json(res)
+        _emit_json(res.to_wire())
         return
+    a, r = res.agent, res.agent.report
     t = Table(title=f"agent {host}", show_header=False)
     t.add_column("field")
     t.add_column("value")
+    fields: list[tuple[str, object]] = [("liveness", a.liveness.value), ("reason", a.reason)]
+    if r is not None:
+        fields += [("mode", r.mode.value), ("held", r.held), ("groups", list(r.groups)),
+                   ("applied_rev", r.applied_rev)]  # fmt: skip
+    fields += [("desired_rev", a.desired_rev), ("converged", a.converged)]
+    if r is not None:
+        fields += [("version", r.version), ("uptime_s", r.uptime_s), ("cpu_pct", r.cpu_pct),
+                   ("rss_bytes", r.rss_bytes)]  # fmt: skip
+    shown = dict(fields)
     for k in ("liveness", "reason", "mode", "held", "groups", "applied_rev", "desired_rev",
               "converged", "version", "uptime_s", "cpu_pct", "rss_bytes"):  # fmt: skip
-        t.add_row(k, str(res.get(k, "-")))
-    t.add_row("last seen", _ago(res.get("last_seen")))
-    for k, v in sorted(res.get("facts", {}).items()):
-        t.add_row(f"facts.{k}", str(v))
-    for k, v in sorted(res.get("rejections", {}).items()):
-        if v:
-            t.add_row(f"rejected.{k}", str(v))
-    _breaker_rows(t, res.get("breaker") or {})
-    _storage_rows(t, res.get("storage") or {})
-    _clock_rows(t, res)
-    events = [e for e in res.get("events", []) if e.get("kind") == "breaker"]
+        t.add_row(k, str(shown.get(k, "-")))
+    t.add_row("last seen", _ago(a.last_seen))
+    if r is not None:
+        for k, v in sorted(r.facts.items()):
+            t.add_row(f"facts.{k}", str(v))
+        for k, n in sorted(r.rejections.items()):
+            if n:
+                t.add_row(f"rejected.{k}", str(n))
+        _breaker_rows(t, r.breaker)
+        _storage_rows(t, r.storage)
+    _clock_rows(t, a.clock_skew_s, r.clock if r else None)
+    events = [e for e in res.events if e.kind == "breaker"]
     for e in events[-5:]:
-        t.add_row("breaker event", f"{_ago(e.get('at'))}: {e.get('old')} -> {e.get('state')}: "
-                  f"{e.get('reason')}")  # fmt: skip
+        d = e.detail
+        t.add_row("breaker event", f"{_ago(e.at)}: {d.get('old')} -> {d.get('state')}: "
+                  f"{d.get('reason')}")  # fmt: skip
     out.print(t)
 
 
-def _storage_rows(t: Table, st: dict[str, Any]) -> None:
-    if not st:
+def _storage_rows(t: Table, st: StorageReport | None) -> None:
+    if st is None:
         return
-    status = str(st.get("status", "?"))
-    t.add_row("storage", f"[{STORAGE_STYLE.get(status, 'white')}]{status}[/] {st.get('path', '')}"
-              + (f": {st['error']}" if st.get("error") else ""))  # fmt: skip
-    for what, why in sorted((st.get("failing") or {}).items()):
-        t.add_row(f"storage.failing.{what}", str(why))
-    if st.get("free_bytes") is not None:
-        t.add_row("storage.free_bytes", f"{st['free_bytes']:,}")
-    t.add_row("storage.fds", f"{st.get('fds_open', '?')} open of {st.get('fds_limit', '?')}")
-    t.add_row("storage.errors",
-              f"{st.get('errors_total', 0)} ({st.get('recoveries', 0)} recovered)")  # fmt: skip
+    status = st.status.value
+    t.add_row("storage", f"[{STORAGE_STYLE.get(status, 'white')}]{status}[/] {st.path}"
+              + (f": {st.error}" if st.error else ""))  # fmt: skip
+    for what, why in sorted(st.failing.items()):
+        t.add_row(f"storage.failing.{what}", why)
+    if st.free_bytes is not None:
+        t.add_row("storage.free_bytes", f"{st.free_bytes:,}")
+    t.add_row("storage.fds", f"{st.fds_open} open of {st.fds_limit}")
+    t.add_row("storage.errors", f"{st.errors_total} ({st.recoveries} recovered)")
 
 
-def _clock_rows(t: Table, res: dict[str, Any]) -> None:
-    skew = res.get("clock_skew_s")
+def _clock_rows(t: Table, skew: float | None, c: ClockReport | None) -> None:
     if skew is not None:
         style = "red" if abs(skew) > 2.0 else "green"
         t.add_row("clock skew (vs controller)", f"[{style}]{skew:+.3f} s[/]")
-    c = res.get("clock") or {}
-    if c.get("command_skew_s") is not None:
-        t.add_row("clock skew (vs last command)", f"{c['command_skew_s']:+.3f} s")
-    refused = c.get("refused_expired", 0) + c.get("refused_not_yet_valid", 0)
-    if refused:
-        counts = (f"{c.get('refused_expired', 0)} expired, "
-                  f"{c.get('refused_not_yet_valid', 0)} not yet valid")  # fmt: skip
-        t.add_row("clock refused", f"[red]{counts}[/]: {c.get('last_refusal')}")
-
-
-def _breaker_rows(t: Table, b: dict[str, Any]) -> None:
-    if not b:
+    if c is None:
         return
-    state = str(b.get("state", "?"))
-    style = BREAKER_STYLE.get(state, "white")
-    t.add_row("breaker", f"[{style}]{state}[/] for {b.get('since_s', '?')} s"
-              + (f": {b['reason']}" if b.get("reason") else ""))  # fmt: skip
-    acc = b.get("accounting") or {}
-    t.add_row("breaker.accounting", f"{acc.get('mode', '?')} ({acc.get('detail', '')})")
-    if b.get("held"):
-        t.add_row("breaker.held", " ".join(b["held"]))
-    for name, d in sorted((b.get("denylist") or {}).items()):
-        t.add_row(f"breaker.denylist.{name}", f"{d.get('in_s')} s left: {d.get('reason')}")
-    if b.get("limits_error"):
-        t.add_row("breaker.limits_error", f"[red]{b['limits_error']}[/]")
+    if c.command_skew_s is not None:
+        t.add_row("clock skew (vs last command)", f"{c.command_skew_s:+.3f} s")
+    if c.refused_expired + c.refused_not_yet_valid:
+        counts = f"{c.refused_expired} expired, {c.refused_not_yet_valid} not yet valid"
+        t.add_row("clock refused", f"[red]{counts}[/]: {c.last_refusal}")
+
+
+def _breaker_rows(t: Table, b: BreakerReport | None) -> None:
+    if b is None:
+        return
+    style = BREAKER_STYLE.get(b.state, "white")
+    t.add_row("breaker", f"[{style}]{b.state}[/] for {b.since_s} s"
+              + (f": {b.reason}" if b.reason else ""))  # fmt: skip
+    t.add_row("breaker.accounting", f"{b.accounting_mode} ({b.accounting_detail})")
+    if b.held:
+        t.add_row("breaker.held", " ".join(b.held))
+    for name, d in sorted(b.denylist.items()):
+        t.add_row(f"breaker.denylist.{name}", f"{d.in_s} s left: {d.reason}")
+    if b.limits_error:
+        t.add_row("breaker.limits_error", f"[red]{b.limits_error}[/]")
 
 
 # ------------------------------------------------------------------ fleet
@@ -282,35 +295,35 @@ def fleet_status(
 ) -> None:
     """Counts by run mode, online/offline, and agents not at their latest desired revision."""
     s: CtlSettings = ctx.obj
-    res = _run(lambda: _ask(s, "fleet.status", {}))
+    res = _run(lambda: _ask(s, FLEET_STATUS))
     if as_json:
-        _emit_json(res)
+        _emit_json(res.to_wire())
         return
     t = Table(title="fleet", show_header=False)
     t.add_column("what")
     t.add_column("value")
-    t.add_row("agents", str(res["agents"]))
-    t.add_row("online", f"[green]{res['online']}[/]")
-    t.add_row("offline", f"[red]{res['offline']}[/] {' '.join(res['offline_hosts'])}")
-    for mode, n in sorted(res["by_mode"].items()):
+    t.add_row("agents", str(res.agents))
+    t.add_row("online", f"[green]{res.online}[/]")
+    t.add_row("offline", f"[red]{res.offline}[/] {' '.join(res.offline_hosts)}")
+    for mode, n in sorted(res.by_mode.items()):
         t.add_row(f"mode {mode}", f"[{MODE_STYLE.get(mode, 'white')}]{n}[/]")
-    t.add_row("emergency holds", " ".join(res["held"]) or "none")
-    for state, n in sorted(res.get("by_breaker", {}).items()):
+    t.add_row("emergency holds", " ".join(res.held) or "none")
+    for state, n in sorted(res.by_breaker.items()):
         t.add_row(f"breaker {state}", f"[{BREAKER_STYLE.get(state, 'white')}]{n}[/]")
-    for h, b in res.get("breaker_not_normal", {}).items():
-        deny = f" (denylisted: {', '.join(b['denylist'])})" if b.get("denylist") else ""
-        t.add_row(f"  {h}", f"{b.get('state')}: {b.get('reason')}{deny}")
-    for status, n in sorted(res.get("by_storage", {}).items()):
+    for h, b in res.breaker_not_normal.items():
+        deny = f" (denylisted: {', '.join(b.denylist)})" if b.denylist else ""
+        t.add_row(f"  {h}", f"{b.state}: {b.reason}{deny}")
+    for status, n in sorted(res.by_storage.items()):
         t.add_row(f"storage {status}", f"[{STORAGE_STYLE.get(status, 'white')}]{n}[/]")
-    for h, st in res.get("storage_not_ok", {}).items():
-        t.add_row(f"  {h}", f"{st.get('status')}: {st.get('path')}: {st.get('error')}")
-    if res.get("clock_skewed"):
+    for h, st in res.storage_not_ok.items():
+        t.add_row(f"  {h}", f"{st.status.value}: {st.path}: {st.error}")
+    if res.clock_skewed:
         t.add_row("clock skewed", " ".join(f"{h} ({v:+.1f} s)"
-                                           for h, v in res["clock_skewed"].items()))  # fmt: skip
+                                           for h, v in res.clock_skewed.items()))  # fmt: skip
     conv = (
         "unknown (etcd unreachable)"
-        if not res["store_ok"]
-        else (" ".join(res["not_converged"]) or "none")
+        if not res.store_ok
+        else (" ".join(res.not_converged) or "none")
     )
     t.add_row("not converged", conv)
     out.print(t)

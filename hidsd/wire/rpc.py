@@ -82,7 +82,7 @@ def encode_reply(result: Plain = None, error: str | None = None) -> bytes:
     return body
 
 
-def decode_reply(data: bytes) -> Any:
+def decode_reply(data: bytes) -> object:
     """Return the result or raise ProtocolError carrying the controller's error message.
     The result is untrusted: a verb's reply type checks it (`Verb.decode`)."""
     m = unpack(data, "reply")
