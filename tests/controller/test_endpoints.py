@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,8 @@ from support import Stack
 
 from hidsd.base.errors import ProtocolError
 from hidsd.controller.endpoints import Endpoints
-from hidsd.wire.rpc import decode_reply, encode_request
+from hidsd.wire.fields import Plain
+from hidsd.wire.rpc import Verb, decode_reply, encode_request
 
 
 @dataclass
@@ -33,24 +35,43 @@ class Replies:
         return decode_reply(self.sent[-1][1])
 
 
+@dataclass(frozen=True)
+class Echo:
+    """A reply type for the test verbs: the map it was made from."""
+
+    wire: Mapping[str, Plain]
+
+    def to_wire(self) -> Mapping[str, Plain]:
+        return self.wire
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str) -> Echo:
+        assert isinstance(obj, dict), what
+        return cls(obj)
+
+
+def verb(name: str) -> Verb[Echo]:
+    return Verb(name, Echo.from_wire)
+
+
 def table(max_payload: int | None = None) -> tuple[Endpoints, Replies]:
     r = Replies()
     ep = Endpoints("controller", r.publish, lambda: max_payload, structlog.get_logger("t"))
 
-    async def echo(params: dict[str, Any]) -> Any:
-        return {"got": params}
+    async def echo(params: Mapping[str, object]) -> Echo:
+        return Echo({"got": dict(params)})
 
-    async def refuse(params: dict[str, Any]) -> Any:
+    async def refuse(params: Mapping[str, object]) -> Echo:
         raise ProtocolError("unknown agent 'x'")
 
-    async def bug(params: dict[str, Any]) -> Any:
+    async def bug(params: Mapping[str, object]) -> Echo:
         raise KeyError("boom")
 
-    async def big(params: dict[str, Any]) -> Any:
-        return "x" * 5000
+    async def big(params: Mapping[str, object]) -> Echo:
+        return Echo({"x": "x" * 5000})
 
     for name, h in (("echo", echo), ("refuse", refuse), ("bug", bug), ("big", big)):
-        ep.add(name, h)
+        ep.add(verb(name), h)
     return ep, r
 
 
@@ -71,11 +92,11 @@ async def test_answers_and_counts_each_verb() -> None:
     with pytest.raises(ProtocolError, match="malformed msgpack"):
         r.last()
     st = ep.stats()
-    assert st["unknown"] == 1
-    assert st["endpoints"]["echo"]["requests"] == 2 and st["endpoints"]["echo"]["errors"] == 1
-    assert st["endpoints"]["refuse"]["errors"] == 1
-    assert st["endpoints"]["bug"]["internal_errors"] == 1
-    assert "KeyError" in st["endpoints"]["bug"]["last_error"]
+    assert st.unknown == 1
+    assert st.endpoints["echo"].requests == 2 and st.endpoints["echo"].errors == 1
+    assert st.endpoints["refuse"].errors == 1
+    assert st.endpoints["bug"].internal_errors == 1
+    assert "KeyError" in st.endpoints["bug"].last_error
     assert len(r.sent) == 5  # every request got a reply
 
 
@@ -84,7 +105,7 @@ async def test_over_size_answer_becomes_an_error_and_no_reply_subject_no_send() 
     await ep.serve(FakeMsg(encode_request({})), "big")
     with pytest.raises(ProtocolError, match="over NATS's max_payload"):
         r.last()
-    assert ep.stats()["endpoints"]["big"]["too_large"] == 1
+    assert ep.stats().endpoints["big"].too_large == 1
     await ep.serve(FakeMsg(encode_request({}), reply=""), "echo")
     assert len(r.sent) == 1
 
@@ -92,7 +113,7 @@ async def test_over_size_answer_becomes_an_error_and_no_reply_subject_no_send() 
 def test_a_verb_is_added_once() -> None:
     ep, _ = table()
     with pytest.raises(ValueError, match="added twice"):
-        ep.add("echo", lambda p: None)  # type: ignore[arg-type,return-value]
+        ep.add(verb("echo"), lambda p: None)  # type: ignore[arg-type,return-value]
 
 
 async def test_a_real_controller_counts_its_verbs(stack: Stack) -> None:

@@ -56,10 +56,11 @@ def test_heartbeat_marks_online() -> None:
     assert rec.last_seen == T0
     assert rec.heartbeat is not None
     assert rec.heartbeat.host == "a"
-    d = rec.to_dict(T0 + 2)
-    assert d["liveness"] == "online"
-    assert d["last_seen_ago_s"] == 2.0
-    assert d["mode"] == "running"
+    row = rec.row(T0 + 2)
+    assert row.liveness is Liveness.ONLINE
+    assert row.last_seen_ago_s == 2.0
+    assert row.report is not None and row.report.mode is RunMode.RUNNING
+    assert row.to_wire()["mode"] == "running" and row.converged is None
 
 
 def test_bye_marks_offline_shut_down() -> None:
