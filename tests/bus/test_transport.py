@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from hidsd.base.errors import BusUnavailable, NoResponse
-from hidsd.bus.transport import Bus, BusOptions, backoff_delay
+from hidsd.bus.transport import Bus, BusOptions, StreamSpec, backoff_delay
 from hidsd.dev.devstack import NatsServer
 
 
@@ -47,3 +48,27 @@ async def test_close_after_server_vanished_does_not_raise(tmp_path: Path) -> Non
     await bus.publish("x.y", b"buffered while the server is gone")
     await bus.close(timeout=0.5)
     assert not bus.connected
+
+
+async def test_stream_is_created_then_updated_and_pulled(tmp_path: Path) -> None:
+    n = NatsServer(tmp_path).start()
+    bus = Bus(BusOptions(servers=(n.url,), name="t"))
+    try:
+        await bus.connect(attempts=1)
+        spec = StreamSpec("S_T", ("s.>",), max_bytes=1 << 20, max_msgs_per_subject=1)
+        await bus.js_ensure_stream(spec)
+        await bus.js_ensure_stream(replace(spec, max_bytes=2 << 20))  # exists: updated
+        info = await bus.client.jetstream().stream_info("S_T")
+        assert info.config.max_bytes == 2 << 20 and info.config.max_msgs_per_subject == 1
+        consumer = await bus.js_pull_subscribe("s.>", "d1", "S_T")
+        assert await consumer.fetch(10, 0.2) == []  # nothing yet: an empty batch, no error
+        for i in range(3):
+            await bus.js_publish("s.a", f"{i}".encode(), {})
+        await bus.js_publish("s.b", b"b", {})
+        msgs = await consumer.fetch(10, 2.0)
+        assert sorted(m.data for m in msgs) == [b"2", b"b"]  # one kept per subject
+        for m in msgs:
+            await m.ack()
+    finally:
+        await bus.close()
+        n.stop()
