@@ -228,7 +228,7 @@ def agents_show(
         t.add_row(k, str(shown.get(k, "-")))
     t.add_row("last seen", _ago(a.last_seen))
     if r is not None:
-        for k, v in sorted(r.facts.items()):
+        for k, v in sorted(r.facts.to_map().items()):
             t.add_row(f"facts.{k}", str(v))
         for k, n in sorted(r.rejections.items()):
             if n:

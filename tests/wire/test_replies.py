@@ -18,6 +18,7 @@ from hidsd.wire.heartbeat import (
     ConfigReport,
     DenylistEntry,
     Heartbeat,
+    HostFacts,
     PluginReport,
 )
 from hidsd.wire.replies import (
@@ -40,7 +41,7 @@ from hidsd.wire.rpc import Event, decode_reply, encode_reply
 BEAT = Heartbeat(
     host="web-1", version="0.1.0", groups=("web", "eu"), mode=RunMode.RUNNING, applied_rev=7,
     held=False, interval_s=10.0, seq=42, sent_at=1000.0, uptime_s=3600.5, cpu_pct=1.25,
-    rss_bytes=50_000_000, facts={"os": "debian", "cpus": 2, "tags": ["a", None]},
+    rss_bytes=50_000_000, facts=HostFacts(hostname="web-1", os="debian", cpus=2, ips=("10.0.0.1",)),
     rejections={"bad_signature": 1},
     config=ConfigReport({"fleet": 3}, "f00d", "rejected", "bad",
                         ConfigRejection("host:web-1", 4, "unknown key")),
@@ -152,7 +153,7 @@ def broken(path: tuple[Any, ...], value: Any = KeyError) -> dict[str, Any]:
         (("agents", 0, "mode"), "paused", "'paused' is not one of running"),
         (("agents", 0, "applied_rev"), "7", r"applied_rev: expected a whole number, got str"),
         (("agents", 0, "groups"), [1], r"groups\[0\]: expected text"),
-        (("agents", 0, "facts"), {"a": {1: 2}}, r"facts\.a: expected a map keyed by text"),
+        (("agents", 0, "facts"), {"cpus": "2"}, "heartbeat.facts: field 'cpus'"),
         (("agents", 0, "plugins", "procmon", "state"), 1, "heartbeat.plugins: field 'state'"),
         (("agents", 0, "breaker", "since_s"), "x", "heartbeat.breaker: field 'since_s'"),
         (("agents", 0, "storage", "status"), "melted", "heartbeat.storage"),
