@@ -21,11 +21,12 @@ start (plugins' start-up scans). The denylist uses wall-clock times so it surviv
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from hidsd.wire.heartbeat import BreakerReport, DenylistEntry
+from hidsd.wire.limits import BreakerConfig, OnTrip
 
 
 class BreakerState(StrEnum):
@@ -44,49 +45,6 @@ class Resource(StrEnum):
     FLOOD = "flood"
     HOST_CPU = "host_cpu"
     HOST_MEMORY = "host_memory"
-
-
-class OnTrip(StrEnum):
-    STOP_PLUGINS = "stop_plugins"
-    EXIT = "exit"
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerConfig:
-    """Thresholds (the `[breaker]` table of the dynamic config; see dynconfig)."""
-
-    enabled: bool = True
-    interval_s: float = 2.0
-    window_s: float = 12.0
-    grace_s: float = 60.0
-    #: the agent plus its plugins, in percent of one core
-    cpu_throttle_pct: float = 5.0
-    cpu_shed_pct: float = 9.0
-    cpu_trip_pct: float = 50.0
-    mem_throttle_mb: float = 300.0
-    mem_shed_mb: float = 400.0
-    mem_trip_mb: float = 500.0
-    #: records per second one plugin writes to the agent
-    flood_records_per_s: float = 20_000.0
-    host_cpu_pressure_pct: float = 60.0
-    host_mem_available_min_pct: float = 5.0
-    throttle_rate_factor: float = 0.25
-    throttle_nice: int = 10
-    cooldown_s: float = 30.0
-    cooldown_max_s: float = 600.0
-    denylist_s: float = 3600.0
-    on_trip: OnTrip = OnTrip.STOP_PLUGINS
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> BreakerConfig:
-        """From a validated `[breaker]` table; keys that are not thresholds are ignored."""
-        names = {f.name for f in fields(cls)}
-        kw: dict[str, Any] = {k: v for k, v in d.items() if k in names}
-        if "on_trip" in kw:
-            kw["on_trip"] = OnTrip(kw["on_trip"])
-        if "throttle_nice" in kw:
-            kw["throttle_nice"] = int(kw["throttle_nice"])
-        return cls(**kw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,19 +19,15 @@ from typing import Any
 
 import structlog
 
-from hidsd.agent.breaker import Breaker, BreakerConfig, BreakerState, PluginLoad, Sample, Transition
+from hidsd.agent.breaker import Breaker, BreakerState, PluginLoad, Sample, Transition
 from hidsd.agent.pressure import read_host_pressure
 from hidsd.base.errors import HidsError
 from hidsd.base.files import write_atomic
 from hidsd.base.storage import StorageHealth
-from hidsd.plugins.cgroups import (
-    Accounting,
-    Limits,
-    ResourceControl,
-    open_resource_control,
-)
+from hidsd.plugins.cgroups import Accounting, ResourceControl, open_resource_control
 from hidsd.plugins.supervisor import Supervisor
 from hidsd.wire.heartbeat import BreakerReport
+from hidsd.wire.limits import BreakerConfig, CgroupLimits
 
 DENYLIST_FILE = "breaker-denylist.json"
 #: the distinct exit code of an agent whose breaker tripped with `on_trip = "exit"`
@@ -59,7 +55,7 @@ class BreakerService:
         self.clock = clock
         self.log: Any = structlog.get_logger("hidsd.breaker")
         self.cfg = BreakerConfig()
-        self.limits: Limits | None = None
+        self.limits: CgroupLimits | None = None
         self.limits_error = ""
         self.resources: ResourceControl = open_resource_control("off")
         self.breaker = Breaker(self.cfg, clock())
@@ -97,14 +93,9 @@ class BreakerService:
         """Hot reload of thresholds and kernel limits (the `[breaker]` table)."""
         self.cfg = BreakerConfig.from_dict(conf)
         self.breaker.cfg = self.cfg
-        self._apply_limits(Limits(
-            cpu_quota_pct=float(conf["cpu_quota_pct"]),
-            memory_max_mb=int(conf["memory_max_mb"]),
-            memory_high_mb=int(conf["memory_high_mb"]),
-            plugin_memory_max_mb=int(conf["plugin_memory_max_mb"]),
-        ))  # fmt: skip
+        self._apply_limits(CgroupLimits.from_dict(conf))
 
-    def _apply_limits(self, limits: Limits) -> None:
+    def _apply_limits(self, limits: CgroupLimits) -> None:
         self.limits = limits
         if self.resources.mode is Accounting.PSUTIL:
             return

@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 
 from hidsd import __version__
 from hidsd.base.errors import ProtocolError
+from hidsd.base.settings import setting
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions, StreamSpec
 from hidsd.controller.acks import AckLedger
@@ -59,26 +60,39 @@ INVENTORY_MAX_BYTES = 32 << 20
 
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
-    servers: tuple[str, ...]
-    etcd_endpoints: tuple[str, ...]
-    etcd_user: str | None = None
-    etcd_password: str | None = None
-    sys_servers: tuple[str, ...] = ()
-    subject_prefix: str = "hidsd"
-    key_prefix: str = "/hidsd/"
-    timeout_factor: float = 3.0
+    """What a controller runs with; the `setting()` fields are its settings file and
+    `HIDSD_CONTROLLER_*` environment (read by `hidsd.controller.main.load_settings`)."""
+
+    servers: tuple[str, ...] = setting(
+        ("nats://127.0.0.1:4222",), key="nats_servers", env="HIDSD_CONTROLLER_NATS",
+        nonempty=True, text_list=True,
+    )  # fmt: skip
+    etcd_endpoints: tuple[str, ...] = setting(
+        ("127.0.0.1:2379",), env="HIDSD_CONTROLLER_ETCD", text_list=True
+    )
+    etcd_user: str | None = setting(None, env="HIDSD_CONTROLLER_ETCD_USER")
+    etcd_password: str | None = setting(None, env="HIDSD_CONTROLLER_ETCD_PASSWORD")
+    #: NATS URLs with system-account credentials, for connect/disconnect advisories
+    sys_servers: tuple[str, ...] = setting(
+        (), key="sys_nats_servers", env="HIDSD_CONTROLLER_SYS_NATS", text_list=True
+    )
+    subject_prefix: str = setting("hidsd", env="HIDSD_CONTROLLER_SUBJECT_PREFIX")
+    key_prefix: str = setting("/hidsd/", env="HIDSD_CONTROLLER_KEY_PREFIX")
+    #: a host is offline after this many of its heartbeat intervals without one
+    timeout_factor: float = setting(3.0, key="offline_timeout_factor", gt=1)
     sweep_s: float = 0.5
-    name: str = "controller"
+    #: the loader's default is the host name
+    name: str = setting("controller", env="HIDSD_CONTROLLER_NAME")
     #: telemetry stream limits (JetStream): bounded, oldest discarded first
-    stream_max_bytes: int = 1 << 30
+    stream_max_bytes: int = setting(1 << 30, env="HIDSD_CONTROLLER_STREAM_MAX_BYTES", ge=1)
     stream_max_age_s: float = 7 * 86400.0
     ingest: bool = True
     #: the inventory stream keeps the latest package set per host (bounded in bytes)
-    inventory_max_bytes: int = 2 << 30
+    inventory_max_bytes: int = setting(2 << 30, env="HIDSD_CONTROLLER_INVENTORY_MAX_BYTES", ge=1)
     #: how often a controller forwards what it received to its peers
     sync_flush_s: float = 0.25
     #: fault injection for tests: hold each query share this long (0 = off)
-    test_share_delay_s: float = 0.0
+    test_share_delay_s: float = setting(0.0, env="HIDSD_CONTROLLER_TEST_SHARE_DELAY_S", ge=0)
 
 
 class Controller:

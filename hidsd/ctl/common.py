@@ -30,6 +30,7 @@ from hidsd.base.errors import (
     StorePermissionDenied,
     StoreUnavailable,
 )
+from hidsd.base.settings import Source, load_settings, setting
 from hidsd.wire.fields import WireMap
 from hidsd.wire.names import KeyLayout, Subjects
 from hidsd.wire.rpc import Reply, Verb, encode_request
@@ -56,16 +57,35 @@ out = Console()
 err = Console(stderr=True, soft_wrap=True)  # errors stay one grep-able line
 
 
+def _config_dir() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "hidsd"
+
+
+def _default_config() -> Path:
+    return _config_dir() / "hidsctl.toml"
+
+
 @dataclass
 class CtlSettings:
-    nats: tuple[str, ...]
-    etcd: tuple[str, ...]
-    key_file: Path
-    subject_prefix: str = "hidsd"
-    key_prefix: str = "/hidsd/"
-    etcd_user: str | None = None
-    etcd_password: str | None = None
-    timeout_s: float = 2.0
+    """hidsctl's settings: flags > HIDSCTL_* environment > hidsctl.toml > defaults."""
+
+    nats: tuple[str, ...] = setting(
+        ("nats://127.0.0.1:4222",), key="nats_servers", env="HIDSCTL_NATS", text_list=True,
+        nonempty=True,
+    )  # fmt: skip
+    etcd: tuple[str, ...] = setting(
+        ("127.0.0.1:2379",), key="etcd_endpoints", env="HIDSCTL_ETCD", text_list=True,
+        nonempty=True,
+    )  # fmt: skip
+    key_file: Path = setting(default_factory=lambda: _config_dir() / "operator.key",
+                             env="HIDSCTL_KEY")  # fmt: skip
+    subject_prefix: str = setting("hidsd")
+    key_prefix: str = setting("/hidsd/")
+    etcd_user: str | None = setting(None, env="HIDSCTL_ETCD_USER")
+    etcd_password: str | None = setting(None, env="HIDSCTL_ETCD_PASSWORD")
+    timeout_s: float = setting(2.0, gt=0)
+    #: etcd `user` and `password` (default: credentials.toml beside hidsctl.toml, if there)
+    credentials_file: Path | None = setting(None, env="HIDSCTL_CREDENTIALS")
 
     @property
     def subjects(self) -> Subjects:
@@ -74,15 +94,6 @@ class CtlSettings:
     @property
     def keys(self) -> KeyLayout:
         return KeyLayout(self.key_prefix)
-
-
-def _default_config() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "hidsd" / "hidsctl.toml"
-
-
-def _split(v: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in v.split(",") if x.strip())
 
 
 def read_credentials(path: Path) -> tuple[str, str]:
@@ -117,59 +128,34 @@ def load_ctl_settings(
     user: str | None = None,
     password: str | None = None,
 ) -> CtlSettings:
-    """Flags > HIDSCTL_* env > credentials file > hidsctl.toml > defaults."""
+    """Flags > HIDSCTL_* env > credentials file > hidsctl.toml > defaults.
+
+    The credentials file ranks between the environment and hidsctl.toml for the etcd user
+    and password. An unknown key in hidsctl.toml or an unknown HIDSCTL_* variable is refused.
+    """
     path = config or Path(os.environ.get("HIDSCTL_CONFIG", "") or _default_config())
-    raw: dict[str, Any] = {}
-    if path.exists():
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}", field="config") from exc
-    elif config is not None:
+    if config is not None and not config.exists():
         raise ConfigError(f"config file {config} does not exist", field="config")
-    env = os.environ
-
-    def pick(flag: Any, var: str, name: str, default: Any) -> Any:
-        if flag:
-            return flag
-        if env.get(var):
-            return env[var]
-        return raw.get(name, default)
-
-    def as_tuple(v: Any, name: str) -> tuple[str, ...]:
-        if isinstance(v, str):
-            return _split(v)
-        if isinstance(v, list) and all(isinstance(x, str) for x in v):
-            return tuple(v)
-        raise ConfigError(f"{name}: expected a list of strings", field=name)
-
-    base = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "hidsd"
-    key_default = base / "operator.key"
-    etcd_user = user or env.get("HIDSCTL_ETCD_USER")
-    etcd_password = password or env.get("HIDSCTL_ETCD_PASSWORD")
-    if etcd_user is None:
-        cred_path = env.get("HIDSCTL_CREDENTIALS") or raw.get("credentials_file")
-        cred = Path(cred_path) if cred_path else base / "credentials.toml"
-        if cred_path or cred.exists():
-            etcd_user, file_password = read_credentials(cred)
-            etcd_password = etcd_password or file_password
-    if etcd_user is None:
-        etcd_user = raw.get("etcd_user")
-        etcd_password = etcd_password or raw.get("etcd_password")
-    return CtlSettings(
-        nats=as_tuple(
-            pick(nats, "HIDSCTL_NATS", "nats_servers", "nats://127.0.0.1:4222"), "nats_servers"
-        ),
-        etcd=as_tuple(
-            pick(etcd, "HIDSCTL_ETCD", "etcd_endpoints", "127.0.0.1:2379"), "etcd_endpoints"
-        ),
-        key_file=Path(pick(key, "HIDSCTL_KEY", "key_file", str(key_default))),
-        subject_prefix=str(raw.get("subject_prefix", "hidsd")),
-        key_prefix=str(raw.get("key_prefix", "/hidsd/")),
-        etcd_user=etcd_user,
-        etcd_password=etcd_password,
-        timeout_s=float(raw.get("timeout_s", 2.0)),
+    flags = {"nats_servers": nats, "etcd_endpoints": etcd, "key_file": key,
+             "etcd_user": user, "etcd_password": password}  # fmt: skip
+    loaded = load_settings(
+        CtlSettings,
+        file=path if path.exists() else None,
+        env=os.environ,
+        flags={k: v or None for k, v in flags.items()},
+        env_namespace="HIDSCTL_",
+        env_known=("HIDSCTL_CONFIG", "HIDSCTL_LOG_LEVEL"),
+        what="hidsctl settings",
     )
+    s, src = loaded.value, loaded.sources
+    given = (Source.FLAG, Source.ENV)
+    if src["etcd_user"] not in given:
+        cred = s.credentials_file or _config_dir() / "credentials.toml"
+        if s.credentials_file is not None or cred.exists():
+            s.etcd_user, file_password = read_credentials(cred)
+            if src["etcd_password"] not in given:
+                s.etcd_password = file_password
+    return s
 
 
 def open_store(s: CtlSettings) -> Any:

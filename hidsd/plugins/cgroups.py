@@ -41,6 +41,7 @@ import psutil
 import structlog
 
 from hidsd.base.errors import HidsError
+from hidsd.wire.limits import CgroupLimits as Limits
 
 __all__ = [
     "Accounting",
@@ -87,20 +88,6 @@ class Usage:
     cpu_s: float
     #: working set: usage minus inactive file cache (reclaimable, so not the group's fault)
     mem_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Kernel-enforced caps; 0 means none."""
-
-    #: hard cap for all plugins together (<root>/plugins), percent of one core
-    cpu_quota_pct: float = 10.0
-    #: hard cap for agent + plugins (<root>); swap included, so it really caps
-    memory_max_mb: int = 640
-    #: v2 memory.high on <root> (reclaim and slow down above it); v1 memory.soft_limit_in_bytes
-    memory_high_mb: int = 512
-    #: per-plugin hard cap (<root>/plugins/<name>): the kernel OOM-kills the plugin, not the agent
-    plugin_memory_max_mb: int = 256
 
 
 class ResourceControl(Protocol):

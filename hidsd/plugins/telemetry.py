@@ -1,4 +1,4 @@
-"""The telemetry path of one plugin: bounded queue, token bucket, batcher, publisher, spool.
+"""The telemetry path of one plugin: bounded queue, token bucket, batcher, publisher.
 
 Frames stay opaque: the agent checks headers and moves bytes. Every loss is counted, never
 silent: frames dropped by a full queue (policy `drop`), by the rate limit (policy `drop`), or
@@ -7,8 +7,9 @@ queue or an empty bucket stops the reader, so the plugin blocks on its pipe (bac
 
 Order and exactly-once per plugin: one publisher per plugin sends one batch at a time and
 waits for JetStream's ack. A batch that cannot be published goes to the spool, and newer
-batches queue behind the spool until it has drained, oldest first. Each batch carries a
-`Nats-Msg-Id` of host.plugin.first_seq, so a batch resent after a lost ack is stored once.
+batches queue behind the spool (`hidsd.plugins.spool`) until it has drained, oldest first.
+Each batch carries a `Nats-Msg-Id` of host.plugin.first_seq, so a batch resent after a lost
+ack is stored once.
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hidsd.base.aio import wait_timeout
 from hidsd.base.errors import NotPublishable
-from hidsd.base.files import write_atomic
-from hidsd.base.storage import FD_ERRNOS, StorageHealth
+from hidsd.plugins.spool import Batch, Spool
 from hidsd.wire import frames
 from hidsd.wire.heartbeat import OutputReport
+from hidsd.wire.limits import PipelineLimits
+
+#: Spool and PipelineLimits are re-exported: the supervisor builds pipelines from them
+__all__ = ["PIPELINE_COUNTERS", "Batch", "LatestPublisher", "Pipeline", "PipelineLimits",
+           "Publish", "Spool", "TokenBucket"]  # fmt: skip
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
 #: always reported, zero or not
@@ -62,121 +66,6 @@ class TokenBucket:
         """Seconds until `n` tokens are there."""
         self._refill()
         return max(0.0, (n - self.tokens) / self.rate)
-
-
-@dataclass
-class Batch:
-    epoch: int
-    first_seq: int
-    count: int
-    body: bytes
-
-    @property
-    def name(self) -> str:
-        return f"{self.epoch:020d}-{self.first_seq:020d}-{self.count}"
-
-
-class Spool:
-    """Batches that could not be published, one file each, oldest first, bounded in bytes.
-
-    Storage errors never escape: a batch that cannot be written is refused (the caller counts
-    it as `dropped_spool_full`), one that cannot be read back is dropped and counted, one that
-    cannot be deleted after it was sent is forgotten (a resend after a restart is de-duplicated
-    by its message id). Each failure goes to `health`, and clears there on the next success.
-    """
-
-    def __init__(
-        self, directory: Path, max_bytes: int, health: StorageHealth | None = None
-    ) -> None:
-        self.dir = directory
-        self.max_bytes = max_bytes
-        self.health = health
-        self.what = f"spool:{directory.name}"
-        self._files: deque[tuple[Path, int]] = deque()
-        self.unreadable_records = 0
-        self.undeletable = 0
-        self.bytes = 0
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            for p in sorted(self.dir.glob("*.batch")):
-                self._files.append((p, p.stat().st_size))
-            for p in self.dir.glob("*.tmp"):
-                p.unlink(missing_ok=True)  # a write interrupted by a crash
-        except OSError as exc:
-            self._failed(exc)  # what was listed stays; put() retries the directory
-        self.bytes = sum(size for _, size in self._files)
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def _failed(self, exc: OSError) -> None:
-        if self.health is not None:
-            self.health.failed(self.what, self.dir, exc)
-
-    def _ok(self) -> None:
-        if self.health is not None:
-            self.health.ok(self.what)
-
-    def put(self, batch: Batch) -> bool:
-        """Append; False (nothing kept) when over the bound or the disk refuses it."""
-        size = len(batch.body) + 64
-        if self.bytes + size > self.max_bytes:
-            return False
-        name = self.dir / f"{batch.name}.batch"
-        try:
-            write_atomic(name, batch.body)
-        except OSError as exc:
-            self._failed(exc)
-            return False
-        self._ok()
-        self._files.append((name, size))
-        self.bytes += size
-        return True
-
-    def peek(self) -> Batch | None:
-        """The oldest batch. One that cannot be read is dropped and counted; out of
-        descriptors, None (try again later)."""
-        while self._files:
-            path, _ = self._files[0]
-            epoch, seq, count = path.stem.split("-")
-            try:
-                body = path.read_bytes()
-            except OSError as exc:
-                self._failed(exc)
-                if exc.errno in FD_ERRNOS:
-                    return None
-                self.unreadable_records += int(count)
-                self._forget()
-                continue
-            self._ok()
-            return Batch(int(epoch), int(seq), int(count), body)
-        return None
-
-    def pop(self) -> None:
-        path, _ = self._files[0]
-        self._forget()
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as exc:  # read-only now: sent anyway; a resend is de-duplicated
-            self.undeletable += 1
-            self._failed(exc)
-
-    def _forget(self) -> None:
-        _, size = self._files.popleft()
-        self.bytes -= size
-
-
-@dataclass
-class PipelineLimits:
-    rate_per_s: float = 1000.0
-    burst: float = 2000.0
-    batch_max_records: int = 500
-    batch_max_ms: int = 200
-    #: below NATS's max_payload (1 MiB by default) with room for headers
-    batch_max_bytes: int = 768 << 10
-    queue_max_records: int = 10_000
-    policy: str = "block"  # or "drop"
-    spool_max_bytes: int = 64 << 20
 
 
 @dataclass

@@ -24,51 +24,14 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Sequence
+from enum import Enum
 from typing import Any
 
 from hidsd.base.errors import ConfigError
+from hidsd.wire.limits import BreakerConfig, CgroupLimits, PipelineLimits
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _PLUGIN_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-
-DEFAULTS: dict[str, Any] = {
-    "log_level": "info",
-    "heartbeat_s": 10.0,
-    "resync_s": 60.0,
-    "telemetry": {
-        "rate_per_s": 1000,
-        "burst": 2000,
-        "batch_max_records": 500,
-        "batch_max_ms": 200,
-        "spool_max_bytes": 64 << 20,
-    },
-    "plugins": {},
-    "breaker": {
-        "enabled": True,
-        "interval_s": 2.0,
-        "window_s": 12.0,
-        "grace_s": 60.0,
-        "cpu_throttle_pct": 5.0,
-        "cpu_shed_pct": 9.0,
-        "cpu_trip_pct": 50.0,
-        "mem_throttle_mb": 300.0,
-        "mem_shed_mb": 400.0,
-        "mem_trip_mb": 500.0,
-        "flood_records_per_s": 20000.0,
-        "host_cpu_pressure_pct": 60.0,
-        "host_mem_available_min_pct": 5.0,
-        "throttle_rate_factor": 0.25,
-        "throttle_nice": 10,
-        "cooldown_s": 30.0,
-        "cooldown_max_s": 600.0,
-        "denylist_s": 3600.0,
-        "on_trip": "stop_plugins",
-        "cpu_quota_pct": 10.0,
-        "memory_max_mb": 640,
-        "memory_high_mb": 512,
-        "plugin_memory_max_mb": 256,
-    },
-}
 
 Check = Callable[[str, Any], Any]
 
@@ -184,6 +147,30 @@ BREAKER: dict[str, Check] = {
 }
 _LADDERS = (("cpu_throttle_pct", "cpu_shed_pct", "cpu_trip_pct"),
             ("mem_throttle_mb", "mem_shed_mb", "mem_trip_mb"))  # fmt: skip
+
+
+def _defaults(keys: Sequence[str], *sources: object) -> dict[str, Any]:
+    """The defaults of a table's keys, read off the dataclasses that own them (in order)."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        owner = next((s for s in sources if hasattr(s, key)), None)
+        if owner is None:
+            raise TypeError(f"no limits dataclass holds a default for {key!r}")
+        value = getattr(owner, key)
+        out[key] = value.value if isinstance(value, Enum) else value
+    return out
+
+
+#: the effective config when no layer sets anything; the top-level values are the agent's
+#: bootstrap defaults (`hidsd.agent.settings.AgentSettings`), which this layer cannot import
+DEFAULTS: dict[str, Any] = {
+    "log_level": "info",
+    "heartbeat_s": 10.0,
+    "resync_s": 60.0,
+    "telemetry": _defaults(list(TELEMETRY), PipelineLimits()),
+    "plugins": {},
+    "breaker": _defaults(list(BREAKER), BreakerConfig(), CgroupLimits()),
+}
 
 
 def check_effective(effective: dict[str, Any]) -> None:

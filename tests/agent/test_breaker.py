@@ -6,16 +6,8 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from hidsd.agent.breaker import (
-    Breaker,
-    BreakerConfig,
-    BreakerState,
-    OnTrip,
-    PluginLoad,
-    Resource,
-    Sample,
-    assess,
-)
+from hidsd.agent.breaker import Breaker, BreakerState, PluginLoad, Resource, Sample, assess
+from hidsd.wire.limits import BreakerConfig, OnTrip
 
 S = BreakerState
 CFG = BreakerConfig(

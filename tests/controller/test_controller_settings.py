@@ -45,3 +45,45 @@ def test_test_hook_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HIDSD_CONTROLLER_TEST_SHARE_DELAY_S", "soon")
     with pytest.raises(ConfigError, match="test_share_delay_s"):
         load_settings(args())
+
+
+def test_flags_env_file_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('nats_servers = "nats://f1:1, nats://f2:2"\netcd_endpoints = ["e:1"]\n'
+                 "offline_timeout_factor = 4\nstream_max_bytes = 1000\n")  # fmt: skip
+    s = load_settings(args(f))
+    assert s.servers == ("nats://f1:1", "nats://f2:2") and s.etcd_endpoints == ("e:1",)
+    assert (s.timeout_factor, s.stream_max_bytes, s.inventory_max_bytes) == (4.0, 1000, 2 << 30)
+    monkeypatch.setenv("HIDSD_CONTROLLER_NATS", "nats://env:1")
+    monkeypatch.setenv("HIDSD_CONTROLLER_STREAM_MAX_BYTES", "2000")
+    s = load_settings(args(f))
+    assert (s.servers, s.stream_max_bytes) == (("nats://env:1",), 2000)
+    assert load_settings(args(f, nats="nats://flag:1")).servers == ("nats://flag:1",)
+    assert load_settings(args()).name  # the default is the host name
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("offline_timeout_factor = 1\n", "offline_timeout_factor"),
+        ('stream_max_bytes = "big"\n', "stream_max_bytes"),
+        ("inventory_max_bytes = 0\n", "inventory_max_bytes"),
+        ("name = 7\n", "name"),
+        ("nats_servers = []\n", "nats_servers"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_file(tmp_path: Path, text: str, field: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        load_settings(args(f))
+    assert ei.value.fields["field"] == field and str(f) in ei.value.message
+
+
+def test_unknown_controller_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HIDSD_CONTROLLER_ETCD_USR", "x")  # a typo of ..._ETCD_USER
+    with pytest.raises(ConfigError, match="HIDSD_CONTROLLER_ETCD_USR"):
+        load_settings(args())
+    monkeypatch.delenv("HIDSD_CONTROLLER_ETCD_USR")
+    monkeypatch.setenv("HIDSD_SOMETHING_ELSE", "x")  # not the controller's namespace
+    assert load_settings(args()).etcd_user is None

@@ -14,7 +14,9 @@ from support import can_mount, fill, remount, tmpfs
 
 from hidsd.base.storage import StorageHealth, StorageStatus
 from hidsd.plugins.pluginlog import PluginLog
-from hidsd.plugins.telemetry import Batch, Pipeline, PipelineLimits, Spool
+from hidsd.plugins.spool import Batch, Spool
+from hidsd.plugins.telemetry import Pipeline
+from hidsd.wire.limits import PipelineLimits
 
 needs_mount = pytest.mark.skipif(bool(can_mount()), reason=can_mount() or "-")
 

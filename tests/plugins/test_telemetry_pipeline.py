@@ -7,8 +7,10 @@ import asyncio
 from pathlib import Path
 
 from hidsd.base.errors import NotPublishable
-from hidsd.plugins.telemetry import Pipeline, PipelineLimits, Spool
+from hidsd.plugins.spool import Spool
+from hidsd.plugins.telemetry import Pipeline
 from hidsd.wire import frames
+from hidsd.wire.limits import PipelineLimits
 
 
 def _frame(n: int, size: int = 100) -> bytes:
