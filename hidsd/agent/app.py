@@ -35,11 +35,13 @@ from hidsd.base.errors import BusUnavailable, ProtocolError
 from hidsd.base.storage import FdReserve, StorageHealth
 from hidsd.bus.store import Store
 from hidsd.bus.transport import Bus, BusOptions
+from hidsd.plugins.spool import Spool
 from hidsd.plugins.supervisor import Supervisor
-from hidsd.plugins.telemetry import LatestPublisher, Pipeline, PipelineLimits, Spool
+from hidsd.plugins.telemetry import LatestPublisher, Pipeline
 from hidsd.wire import frames
 from hidsd.wire.commands import AckStatus, Command, CommandKind, RunMode, command_plugin
 from hidsd.wire.heartbeat import OutputReport
+from hidsd.wire.limits import PipelineLimits
 from hidsd.wire.names import KeyLayout, Subjects
 from hidsd.wire.records import DataType
 from hidsd.wire.rpc import encode_event
