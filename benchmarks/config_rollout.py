@@ -86,45 +86,39 @@ CONTENT_GROUP = LEVEL + "[telemetry]\nburst = 4000\n"
 CONTENT_GROUP_2 = LEVEL + "[telemetry]\nburst = 5000\n"
 
 NOTES = (
-    "Top-level figures are the 'fleet' round (a new fleet-scope version after a warmup round), "
-    "not a median of rounds; every round is under 'rounds'. Latency per agent = arrival at "
-    "the coordinator of its first heartbeat reporting the new version(s) with status ok, minus "
-    "t0 taken just before configplane.set_config (what `hidsctl config set` runs: validate, "
-    "read the pointer, one etcd transaction) or configplane.rollback. "
-    "Local stack: one nats-server (JetStream on) and one etcd member on loopback, no TLS and no "
-    "etcd auth (a real agent authenticates as its own etcd user; these do not). "
-    "Every simulated host is a real hidsd.agent.app.Agent (harness SimFleet): its own "
-    "ConfigService (start read, one etcd watch per scope pointer: fleet, group bench, group "
+    "Top-level figures are the first 'fleet' round (a new fleet version after a warmup round), "
+    "not a median; every round is under 'rounds'. Latency per agent = arrival at the "
+    "coordinator of its first heartbeat reporting the new version(s) with status ok, minus t0 "
+    "taken just before configplane.set_config (what `hidsctl config set` runs: validate, read "
+    "the pointer, one etcd transaction) or configplane.rollback. Local stack: one nats-server "
+    "(JetStream on) and one etcd member on loopback, no TLS, no etcd auth (a real agent is its "
+    "own etcd user). Every simulated host is a real hidsd.agent.app.Agent (harness SimFleet): "
+    "its own ConfigService (one etcd watch per scope pointer: fleet, group bench, group "
     "shard<i%{shards}>, host), hot reload (Agent._apply_config, set_level and "
     "Supervisor.configure included), HeartbeatService (poked by ConfigService.on_status after "
-    "every apply), and also the command path, convergence, plugin state, breaker (cgroups off, "
-    "no plugins) and storage services, with its own NATS connection; no trusted keys (no "
-    "commands are sent). Not N hosts: {workers} worker processes each run about {per_worker} "
-    "agents on one uvloop event loop, sharing {cpus} CPU cores with nats-server, etcd and the "
-    "coordinator; the agents of a worker share one etcd gRPC channel (every watch is still its "
-    "own stream; etcd counted {watchers} watchers for {agents} agents, {config_watch_keys} of "
-    "them on config pointers) and one log level (warning; every config version keeps "
-    'log_level = "warning" since set_level is process-wide). Queueing: a worker\'s agents '
-    "handle the watch events of one change one after another on one loop, so p50/p99 include "
-    "waiting behind up to {per_worker} other agents, which N real hosts would not; "
-    "all_converged_ms is close to the fleet's total CPU work divided by the cores. "
-    "Agents' data dirs, last-good files included, go to {data_dir} (a tmpfs where available: "
-    "N agents' files would be on N disks). gc_freeze={gc_freeze}: after start the workers move "
-    "the long-lived agents out of the cyclic GC's reach. phases_ms, without any change to the "
-    "agent: watch_event = when the resync that applied the version began its pointer read (a "
-    "delegating wrapper on ConfigService.store; the resync directly follows the watch event), "
-    "applied = when ConfigService called on_status after the apply (a delegating wrapper), "
-    "last_good_saved = the last-good file's ctime (kernel coarse clock, about 1 ms; in a "
-    "round with two applies, the last save), heartbeat_sent = the counted heartbeat's own "
-    "sent_at (wall clock, when it was built), heartbeat_received = the latency itself. "
-    "Changes from the lite-agent version: real Agents instead of lite agents (so more work "
-    "per agent and more watches), the old ConfigService subclass is gone, no --profile, "
-    "heartbeats.config_status_counts became config_status_at_end (the latest heartbeat per "
-    "host), 'when' became started_at. Probe rounds: same_effective shows how long a version "
-    "whose effective config equals the running one takes to be reported (on_apply is not "
-    "called, on_status still pokes the heartbeat); concurrent writes a fleet and a group "
-    "version at once and counts agents that reported both and later ran an older one "
-    "('regressed')."
+    "every apply) and every other service (commands, convergence, plugin state, breaker with "
+    "cgroups off and no plugins, storage), its own NATS connection, no trusted keys (no "
+    "commands are sent). Not N hosts: {workers} worker processes of about {per_worker} agents, "
+    "each on one uvloop loop, share {cpus} cores with nats-server, etcd and the coordinator; a "
+    "worker's agents share one etcd gRPC channel (each watch is its own stream: etcd counted "
+    "{watchers} watchers for {agents} agents, {config_watch_keys} on config pointers) and one "
+    'log level (every version keeps log_level = "warning": set_level is process-wide). A '
+    "worker's agents handle the watch events of one change one after another, so p50/p99 "
+    "include waiting behind up to {per_worker} others, which N hosts would not; "
+    "all_converged_ms is close to the fleet's total CPU work divided by the cores. Data dirs, "
+    "last-good files included, are under {data_dir} (tmpfs: N hosts have N disks). "
+    "gc_freeze={gc_freeze}: the workers move the started agents out of the cyclic GC's reach. "
+    "phases_ms, with the agent unchanged: watch_event = start of the pointer read of the resync "
+    "that applied the version (a delegating wrapper on ConfigService.store; that resync starts "
+    "on the watch event), applied = ConfigService's on_status call after the apply (a "
+    "delegating wrapper), last_good_saved = the last-good file's ctime (coarse kernel clock, "
+    "~1 ms; the round's last save), heartbeat_sent = the counted heartbeat's own sent_at (wall "
+    "clock, when built). Against the lite-agent version: real Agents (more work and watches "
+    "per agent), no ConfigService subclass, no --profile, heartbeats.config_status_counts "
+    "became config_status_at_end (latest heartbeat per host), 'when' became started_at. "
+    "same_effective: a version whose effective config equals the running one (no on_apply; "
+    "on_status still pokes the heartbeat); concurrent: a fleet and a group version written at "
+    "once, 'regressed' = agents that reported both and later ran an older one."
 )
 
 
@@ -290,27 +284,24 @@ class Bench:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the stack and the fleet, run the rounds, stop everything (also on Ctrl-C)."""
     deadline = time.monotonic() + args.budget_s
-    agents = args.agents
-    workers = max(1, min(args.workers, agents))
-    sizes = split(agents, workers)
+    sizes = split(args.agents, max(1, min(args.workers, args.agents)))
     nofile = raise_nofile_limit()
     if max(sizes) + FD_SLACK > nofile:
         raise BenchError(f"{max(sizes)} connections per worker exceed the open-files limit "
                          f"{nofile}: use more --workers")  # fmt: skip
-    load_before = os.getloadavg()
-    if load_before[0] > 1.0:
-        warn(f"load average is {load_before[0]:.1f} before starting: other work shares the CPUs")
+    load = [round(x, 2) for x in os.getloadavg()]
+    if load[0] > 1.0:
+        warn(f"load average is {load[0]:.1f} before starting: other work shares the CPUs")
     data_root = Path(tempfile.mkdtemp(prefix="hidsd-cfgrollout-data-", dir=args.data_dir))
+    params = {**vars(args), "out": str(args.out), "data_dir": str(data_root.parent),
+              "workers": len(sizes), "nofile": nofile, "etcd_auth": False}  # fmt: skip
     try:
         async with local_stack("cfgrollout") as st:
-            return await fleet_run(args, st, sizes, data_root, deadline) | {
-                "params": {**vars(args), "out": str(args.out), "data_dir": str(data_root.parent),
-                           "workers": workers, "nofile": nofile, "etcd_auth": False},
-                "machine": {"loadavg_before": [round(x, 2) for x in load_before],
-                            "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
-            }  # fmt: skip
+            result = await fleet_run(args, st, sizes, data_root, deadline)
     finally:
         shutil.rmtree(data_root, ignore_errors=True)
+    after = [round(x, 2) for x in os.getloadavg()]
+    return result | {"params": params, "machine": {"loadavg_before": load, "loadavg_after": after}}
 
 
 async def fleet_run(args: argparse.Namespace, st: Stack, sizes: list[int], data_root: Path,
@@ -320,46 +311,42 @@ async def fleet_run(args: argparse.Namespace, st: Stack, sizes: list[int], data_
     endpoint = st.etcd_endpoints[0]
     baseline = await asyncio.to_thread(etcd_watchers, endpoint)
     pool = WorkerPool(st.bus, st.workdir, WORKER)
-    firsts = [sum(sizes[:i]) for i in range(len(sizes))]
     configs = [{"nats_url": st.nats_url, "etcd_endpoints": list(st.etcd_endpoints),
-                "data_root": str(data_root), "first": f, "count": n,
+                "data_root": str(data_root), "first": sum(sizes[:i]), "count": n,
                 "connect_batch": args.connect_batch, "gc_freeze": args.gc_freeze,
                 "heartbeat_s": args.heartbeat_s, "resync_s": args.resync_s,
-                "start_timeout_s": 60.0 + n / 10}
-               for f, n in zip(firsts, sizes, strict=True)]  # fmt: skip
+                "start_timeout_s": 60.0 + n / 10} for i, n in enumerate(sizes)]  # fmt: skip
     try:
         # spawned before this process opens a gRPC channel: grpc does not like fork()
         t0 = time.perf_counter()
-        ready = await pool.start(configs, timeout=120.0 + args.agents / 10)
+        ready = await pool.start(configs, timeout=min(120.0 + args.agents / 10, args.budget_s / 2))
         worker_of = {h: int(r["worker"]) for r in ready for h in r.pop("hosts")}
         hosts = set(worker_of)
-        started = sum(int(r["started"]) for r in ready)
-        watch_keys = sum(int(r["watch_keys"]) for r in ready)
+        keys = {k: sum(int(r[k]) for r in ready) for k in ("watch_keys", "config_watch_keys")}
         seen_all = await hb.wait_seen(hosts, 30.0)
-        watchers, watch_wait_s = await wait_etcd_watchers(endpoint, baseline + watch_keys,
-                                                     60.0 + watch_keys / 100)  # fmt: skip
+        watchers, watch_wait_s = await wait_etcd_watchers(
+            endpoint, baseline + keys["watch_keys"], 60.0 + keys["watch_keys"] / 100
+        )
+        watchers -= baseline
         fleet_s = round(time.perf_counter() - t0, 2)
-        print(f"fleet up in {fleet_s}s: {started}/{args.agents} agents started, "
-              f"{len(hb.first_seen)} heartbeating, etcd watchers {watchers - baseline}/"
-              f"{watch_keys} (rss {sum(r['rss_mb'] for r in ready):.0f} MiB)",
-              flush=True)  # fmt: skip
-        if started < args.agents or not seen_all:
-            raise BenchError(f"only {started} of {args.agents} agents started and "
+        print(f"fleet up in {fleet_s}s: {len(hosts)}/{args.agents} agents started, "
+              f"{len(hb.first_seen)} heartbeating, etcd watchers {watchers}/{keys['watch_keys']} "
+              f"(rss {sum(r['rss_mb'] for r in ready):.0f} MiB)", flush=True)  # fmt: skip
+        if len(hosts) < args.agents or not seen_all:
+            raise BenchError(f"only {len(hosts)} of {args.agents} agents started and "
                              f"{len(hb.first_seen)} heartbeating")  # fmt: skip
-        if watchers - baseline < watch_keys:
-            warn(f"etcd counts {watchers - baseline} watchers, expected {watch_keys}")
+        if watchers < keys["watch_keys"]:
+            warn(f"etcd counts {watchers} watchers, expected {keys['watch_keys']}")
         await asyncio.sleep(args.pause_s)
-        pids = {"coordinator": os.getpid(),
-                "nats_server": st.nats.proc.pid if st.nats.proc else 0,
+        pids = {"coordinator": os.getpid(), "nats_server": st.nats.proc.pid if st.nats.proc else 0,
                 "etcd": st.etcd.members[0].proc.pid if st.etcd.members[0].proc else 0,
                 **{f"worker-{i}": p.pid for i, p in enumerate(pool.procs)}}  # fmt: skip
         async with Store(st.etcd_endpoints) as store:
             bench = Bench(args, st, store, pool, hb, hosts, worker_of, CpuMeter(pids), deadline)
             rounds = await bench.rounds()
             stats = await pool.call("stats")
-        watchers_end = (
-            await asyncio.to_thread(etcd_watchers, endpoint) if bench.etcd_alive() else None
-        )
+        alive = bench.etcd_alive()
+        watchers_end = await asyncio.to_thread(etcd_watchers, endpoint) if alive else None
     finally:
         await pool.stop()
         events = log_events(pool.logs)
@@ -367,7 +354,6 @@ async def fleet_run(args: argparse.Namespace, st: Stack, sizes: list[int], data_
             print(f"worker log events: {events}", file=sys.stderr, flush=True)
     fleet_rounds = [r for r in rounds if r["round"] == "fleet" and "error" not in r]
     head: dict[str, Any] = fleet_rounds[0] if fleet_rounds else {}
-    config_watch_keys = sum(int(r["config_watch_keys"]) for r in ready)
     return {
         "agents": args.agents, "expected": len(hosts),
         **{k: head.get(k) for k in ("converged", "first_ms", "p50_ms", "p99_ms",
@@ -375,19 +361,17 @@ async def fleet_run(args: argparse.Namespace, st: Stack, sizes: list[int], data_
         "headline_round": "fleet (the first 'fleet' round, after the warmup)",
         "fleet_rounds_all_converged_ms": [r["all_converged_ms"] for r in fleet_rounds],
         "phases_ms": head.get("phases_ms", {}),
-        "etcd_watchers": watchers - baseline,
+        "etcd_watchers": watchers,
         "notes": NOTES.format(
             workers=len(sizes), per_worker=max(sizes), cpus=os.cpu_count(), shards=SHARDS,
-            watchers=watchers - baseline, agents=args.agents,
-            config_watch_keys=config_watch_keys, data_dir=data_root.parent,
-            gc_freeze=args.gc_freeze),
+            watchers=watchers, agents=args.agents, config_watch_keys=keys["config_watch_keys"],
+            data_dir=data_root.parent, gc_freeze=args.gc_freeze),
         "rounds": rounds,
         "setup": {
-            "workers": len(sizes), "per_worker": ready, "fleet_up_s": fleet_s,
-            "started": started, "watch_keys": watch_keys, "config_watch_keys": config_watch_keys,
-            "etcd_watchers_at_start": watchers - baseline,
+            "workers": len(sizes), "per_worker": ready, "fleet_up_s": fleet_s, **keys,
+            "etcd_watchers_at_start": watchers,
             "etcd_watchers_at_end": None if watchers_end is None else watchers_end - baseline,
-            "etcd_exited": not bench.etcd_alive(), "watchers_wait_s": watch_wait_s,
+            "etcd_exited": not alive, "watchers_wait_s": watch_wait_s,
             "worker_log_events": events,
         },
         "worker_stats": stats,
@@ -399,21 +383,17 @@ async def fleet_run(args: argparse.Namespace, st: Stack, sizes: list[int], data_
 
 
 def print_summary(r: dict[str, Any]) -> None:
-    ph = {step: r["phases_ms"].get(step, {}) for step in (*STEPS, "heartbeat_sent")}
-    rows = [
-        ("agents (N)", fmt(r["agents"], "")),
-        ("converged (fleet round)", fmt(r["converged"], "")),
-        ("config set (etcd write)", fmt(r["write_ms"])),
-        ("first agent reported", fmt(r["first_ms"])),
-        ("p50", fmt(r["p50_ms"])),
-        ("p99", fmt(r["p99_ms"])),
-        ("all converged", fmt(r["all_converged_ms"])),
-        *((f"  p50 {step.replace('_', ' ')}", fmt(ph[step].get("p50_ms"))) for step in ph),
-        ("etcd watchers", fmt(r["etcd_watchers"], "")),
-    ]
+    rows = [(label, fmt(r[key], unit)) for label, key, unit in (
+        ("agents (N)", "agents", ""), ("converged (fleet round)", "converged", ""),
+        ("config set (etcd write)", "write_ms", "ms"), ("first agent reported", "first_ms", "ms"),
+        ("p50", "p50_ms", "ms"), ("p99", "p99_ms", "ms"),
+        ("all converged", "all_converged_ms", "ms"))]  # fmt: skip
+    rows += [(f"  p50 {step.replace('_', ' ')}", fmt(r["phases_ms"].get(step, {}).get("p50_ms")))
+             for step in (*STEPS, "heartbeat_sent")]  # fmt: skip
+    rows.append(("etcd watchers", fmt(r["etcd_watchers"], "")))
     width = max(len(k) for k, _ in rows)
     print(f"\nhidsd config rollout, N={r['agents']} ({r['setup']['workers']} workers)"
-          f"{' (quick)' if r['quick'] else ''}")  # fmt: skip
+          + (" quick: figures not comparable" if r["quick"] else ""))  # fmt: skip
     print("-" * (width + 16))
     for k, v in rows:
         print(f"{k:<{width}}  {v:>12}")
@@ -429,52 +409,29 @@ def print_summary(r: dict[str, Any]) -> None:
               f"{rnd['regressed']} regressed, {rnd['never_applied']} never applied")  # fmt: skip
 
 
+#: numeric options: (flag, type, default, help); the default is appended to the help
+OPTIONS: list[tuple[str, type, float, str]] = [
+    ("--workers", int, 4, "worker processes"),
+    ("--wait-s", float, 30.0, "how long a round waits for every agent"),
+    ("--pause-s", float, 1.5, "quiet time between rounds"),
+    ("--fleet-rounds", int, 1, "fleet-scope rounds after the warmup (the first is the headline)"),
+    ("--concurrent-rounds", int, 1, "rounds that write a fleet and a group version at once"),
+    ("--heartbeat-s", float, 10.0, "the agents' bootstrap heartbeat period (as the agent's)"),
+    ("--resync-s", float, 60.0, "the agents' bootstrap resync period (as the agent's)"),
+    ("--connect-batch", int, 100, "agents a worker starts at once"),
+    ("--budget-s", float, 540.0, "rounds that would end later than this after the start are "
+     "cut (the whole run stays under 10 minutes)"),
+]  # fmt: skip
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_common_args(p, RESULTS / "config_rollout.json")
-    p.add_argument(
-        "--agents", type=int, default=None, help="fleet size N (default 1000; 100 with --quick)"
-    )
-    p.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
-    p.add_argument(
-        "--wait-s",
-        type=float,
-        default=30.0,
-        help="how long a round waits for every agent (default 30)",
-    )
-    p.add_argument("--pause-s", type=float, default=1.5, help="quiet time between rounds")
-    p.add_argument(
-        "--fleet-rounds",
-        type=int,
-        default=1,
-        help="fleet-scope rounds after the warmup (default 1; the first is headline)",
-    )
-    p.add_argument(
-        "--concurrent-rounds",
-        type=int,
-        default=1,
-        help="rounds that write a fleet and a group version at once (default 1)",
-    )
+    p.add_argument("--agents", type=int, help="fleet size N (default 1000; 100 with --quick)")
+    for flag, typ, default, text in OPTIONS:
+        p.add_argument(flag, type=typ, default=typ(default), help=f"{text} (default {default})")
     p.add_argument(
         "--skip-probes", action="store_true", help="skip the same-effective and concurrent probes"
-    )
-    p.add_argument(
-        "--heartbeat-s",
-        type=float,
-        default=10.0,
-        help="the agents' bootstrap heartbeat period (default 10, as the agent's)",
-    )
-    p.add_argument(
-        "--resync-s",
-        type=float,
-        default=60.0,
-        help="the agents' bootstrap resync period (default 60, as the agent's)",
-    )
-    p.add_argument(
-        "--connect-batch",
-        type=int,
-        default=100,
-        help="agents a worker starts at once (default 100)",
     )
     p.add_argument(
         "--no-gc-freeze",
@@ -488,20 +445,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=tmpfs(),
         help="where the agents' data dirs (last-good files) go (default /dev/shm)",
     )
-    p.add_argument(
-        "--budget-s",
-        type=float,
-        default=540.0,
-        help="cut the rounds that would end later than this after the start "
-        "(default 540: the whole run stays under 10 minutes)",
-    )
     args = p.parse_args(argv)  # fmt: skip
     if args.agents is None:
         args.agents = 100 if args.quick else 1000
-    if args.agents < 1:
-        p.error("--agents must be at least 1")
-    if args.fleet_rounds < 1:
-        p.error("--fleet-rounds must be at least 1")
+    if args.agents < 1 or args.fleet_rounds < 1:
+        p.error("--agents and --fleet-rounds must be at least 1")
     return args
 
 
