@@ -7,6 +7,8 @@
   time, exit), and the worker side's operation table.
 * `fleet`: N simulated agents in one worker, each a real `hidsd.agent.app.Agent` (its own
   services and policies, nothing copied) sharing one etcd channel and one event loop.
+* `heartbeats`: the coordinator's view of the fleet's heartbeats (each host's first one that
+  shows a change, timed); `procs`: CPU time per process over a phase, what the workers logged.
 
 A benchmark is a coordinator script (`benchmarks/NAME.py`) plus, if it simulates agents or
 load, a worker script (`benchmarks/NAME_worker.py`) built from these parts.

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -206,3 +207,9 @@ async def shared_store(endpoints: Sequence[str]) -> Any:
     finally:
         with contextlib.suppress(Exception):
             await store.close()
+
+
+def tmpfs() -> Path | None:
+    """/dev/shm when writable: N agents' data dirs would be on N disks, not on this one."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None

@@ -110,6 +110,18 @@ def etcd_watchers(endpoint: str) -> int:
     return 0
 
 
+async def wait_etcd_watchers(endpoint: str, target: int, timeout: float) -> tuple[int, float]:
+    """Poll etcd's watcher gauge until it reaches `target`; (watchers, seconds waited)."""
+    t0 = time.monotonic()
+    seen = 0
+    while time.monotonic() - t0 < timeout:
+        seen = await asyncio.to_thread(etcd_watchers, endpoint)
+        if seen >= target:
+            break
+        await asyncio.sleep(0.2)
+    return seen, round(time.monotonic() - t0, 2)
+
+
 def machine_busy_s() -> float:
     """CPU seconds the whole machine has been busy (from /proc/stat). Over a phase, minus
     what the benchmark's own processes used, it is what other work took from us."""

@@ -44,6 +44,12 @@ def op_subject(index: int) -> str:
     return f"bench.ctl.op.{index}"
 
 
+def split(total: int, parts: int) -> list[int]:
+    """Split `total` (agents, load) over `parts` workers: sizes that differ by at most one."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
 # ----------------------------------------------------------------------------- coordinator
 
 
