@@ -11,7 +11,7 @@ import typer
 
 from hidsd.base.errors import HidsError
 from hidsd.ctl import rbac
-from hidsd.ctl.common import CtlSettings, Exit, _emit_json, _fail, err, open_store, out
+from hidsd.ctl.common import CtlSettings, Exit, JsonFlag, emit_json, err, failure, open_store, out
 
 auth_app = typer.Typer(help="etcd authentication and roles (admin only).", no_args_is_help=True)
 
@@ -41,7 +41,7 @@ def _go(s: CtlSettings, fn: Any) -> Any:
     try:
         return asyncio.run(run())
     except HidsError as exc:
-        raise _fail(exc) from exc
+        raise failure(exc) from exc
 
 
 @auth_app.command("bootstrap")
@@ -92,7 +92,7 @@ def auth_agent_add(
     generate: Annotated[bool, typer.Option(help="generate a password and print it once")] = False,
     user_password: Annotated[str | None, typer.Option("--user-password")] = None,
     password_stdin: Annotated[bool, typer.Option(help="read the password from stdin")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create the agent's etcd user with a role that reads only the keys governing it."""
     s: CtlSettings = ctx.obj
@@ -110,7 +110,7 @@ def auth_agent_add(
     if generate:
         result["password"] = pw
     if as_json:
-        _emit_json(result)
+        emit_json(result)
     else:
         out.print(f"agent user {user} with role {role} ({len(grants)} grants)")
         if generate:

@@ -16,11 +16,12 @@ from hidsd.ctl import configplane
 from hidsd.ctl.common import (
     CtlSettings,
     Exit,
-    _ask,
-    _emit_json,
-    _fail,
+    JsonFlag,
+    ask,
     author,
+    emit_json,
     err,
+    failure,
     open_store,
     out,
 )
@@ -34,7 +35,7 @@ config_app = typer.Typer(help="Versioned agent config: set, history, diff, rollb
                          no_args_is_help=True)  # fmt: skip
 
 ScopeOpt = Annotated[str, typer.Option("--scope", help="fleet, group:NAME or host:NAME")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+JsonOpt = JsonFlag
 
 
 def _scope(label: str) -> tuple[Scope, str]:
@@ -64,7 +65,7 @@ def _go(s: CtlSettings, fn: Any) -> Any:
         err.print(f"[red]invalid config:[/] {exc.message}")
         raise typer.Exit(Exit.INVALID) from exc
     except HidsError as exc:
-        raise _fail(exc) from exc
+        raise failure(exc) from exc
 
 
 def _when(ts: float) -> str:
@@ -108,7 +109,7 @@ def config_set(
     cv = _go(s, lambda st: configplane.set_config(
         st, s.keys, sc, target, content, message, author(s), expect_version))  # fmt: skip
     if as_json:
-        _emit_json(_version_row(cv))
+        emit_json(_version_row(cv))
     else:
         out.print(f"{cv.scope}: version {cv.version} written (digest {cv.digest})")
 
@@ -125,7 +126,7 @@ def config_get(
     sc, target = _scope(scope)
     cv = _go(s, lambda st: configplane.get_version(st, s.keys, sc, target, version))
     if as_json:
-        _emit_json(cv.to_dict())
+        emit_json(cv.to_dict())
         return
     out.print(f"[bold]{cv.scope} version {cv.version}[/] by {cv.author} at {_when(cv.time)}: "
               f"{cv.message}")  # fmt: skip
@@ -139,7 +140,7 @@ def config_history(ctx: typer.Context, scope: ScopeOpt, as_json: JsonOpt = False
     sc, target = _scope(scope)
     versions = _go(s, lambda st: configplane.history(st, s.keys, sc, target))
     if as_json:
-        _emit_json([_version_row(v) for v in versions])
+        emit_json([_version_row(v) for v in versions])
         return
     t = Table(title=f"{scope}: {len(versions)} versions")
     for col in ("version", "when", "author", "message", "digest"):
@@ -184,7 +185,7 @@ def config_rollback(
     cv = _go(s, lambda st: configplane.rollback(
         st, s.keys, sc, target, version, message, author(s)))  # fmt: skip
     if as_json:
-        _emit_json(_version_row(cv))
+        emit_json(_version_row(cv))
     else:
         out.print(f"{cv.scope}: version {cv.version} written with the content of {version}")
 
@@ -202,7 +203,7 @@ def config_effective(
     s: CtlSettings = ctx.obj
     if groups is None:
         try:
-            info = asyncio.run(_ask(s, AGENTS_SHOW, HostRequest(host).to_params()))
+            info = asyncio.run(ask(s, AGENTS_SHOW, HostRequest(host).to_params()))
         except (HidsError, ProtocolError) as exc:
             err.print(f"[red]error:[/] cannot learn {host}'s groups ({exc}); pass --groups")
             raise typer.Exit(Exit.USAGE) from exc
@@ -212,7 +213,7 @@ def config_effective(
         group_list = tuple(g.strip() for g in groups.split(",") if g.strip())
     res = _go(s, lambda st: configplane.effective(st, s.keys, host, group_list))
     if as_json:
-        _emit_json(res)
+        emit_json(res)
         return
     t = Table(title=f"effective config of {host} (groups {', '.join(group_list) or '-'})")
     for col in ("setting", "value", "from"):
@@ -231,11 +232,11 @@ def config_status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Which agents run which versions, which rejected one and why, which lag."""
     s: CtlSettings = ctx.obj
     try:
-        res = asyncio.run(_ask(s, CONFIG_STATUS))
+        res = asyncio.run(ask(s, CONFIG_STATUS))
     except HidsError as exc:
-        raise _fail(exc) from exc
+        raise failure(exc) from exc
     if as_json:
-        _emit_json(res.to_wire())
+        emit_json(res.to_wire())
     else:
         t = Table(title="config status")
         for col in ("host", "liveness", "running", "converged", "status", "rejected"):

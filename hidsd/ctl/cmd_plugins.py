@@ -17,7 +17,19 @@ import typer
 from rich.table import Table
 
 from hidsd.base.errors import HidsError
-from hidsd.ctl.common import CtlSettings, Exit, _ask, _connect, _emit_json, _fail, err, out
+from hidsd.ctl.common import (
+    CtlSettings,
+    Exit,
+    GroupFilter,
+    HostFilter,
+    JsonFlag,
+    ask,
+    connect_bus,
+    emit_json,
+    err,
+    failure,
+    out,
+)
 from hidsd.wire import frames
 from hidsd.wire.fields import Plain
 from hidsd.wire.heartbeat import PluginReport
@@ -28,7 +40,7 @@ plugins_app = typer.Typer(help="Plugins on every agent: state, usage, drops.",
                           no_args_is_help=True)  # fmt: skip
 events_app = typer.Typer(help="Telemetry from the fleet, decoded.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+JsonOpt = JsonFlag
 
 
 def _rows(agents: Sequence[AgentRow], host: str | None) -> list[tuple[AgentRow, str, PluginReport]]:
@@ -46,18 +58,18 @@ def _row_json(a: AgentRow, name: str, p: PluginReport) -> dict[str, Plain]:
 @plugins_app.command("status")
 def plugins_status(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="only this host")] = None,
+    host: HostFilter = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Every plugin on every agent: state, CPU, RSS, records, drops (all counted), spool."""
     s: CtlSettings = ctx.obj
     try:
-        res = asyncio.run(_ask(s, AGENTS_LIST))
+        res = asyncio.run(ask(s, AGENTS_LIST))
     except HidsError as exc:
-        raise _fail(exc) from exc
+        raise failure(exc) from exc
     rows = _rows(res.agents, host)
     if as_json:
-        _emit_json([_row_json(*r) for r in rows])
+        emit_json([_row_json(*r) for r in rows])
         return
     t = Table(title=f"{len(rows)} plugins (--json for pid, spool, last exit, every counter)")
     for col in ("host", "plugin", "state", "cpu%", "MB", "read", "sent", "drops", "restarts"):
@@ -80,9 +92,9 @@ def plugins_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
     s: CtlSettings = ctx.obj
     try:
-        res = asyncio.run(_ask(s, AGENTS_LIST))
+        res = asyncio.run(ask(s, AGENTS_LIST))
     except HidsError as exc:
-        raise _fail(exc) from exc
+        raise failure(exc) from exc
     rows = _rows(res.agents, None)
     summary = {
         name: {
@@ -93,7 +105,7 @@ def plugins_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         for name in BUILTIN
     }
     if as_json:
-        _emit_json(summary)
+        emit_json(summary)
         return
     t = Table(title="plugins")
     for col in ("plugin", "running on", "parked on"):
@@ -119,8 +131,6 @@ def _plugin_command(
 
 
 NameArg = Annotated[str, typer.Argument(help="plugin name")]
-GroupOpt = Annotated[str | None, typer.Option(help="only agents in this group")]
-HostOpt = Annotated[str | None, typer.Option(help="only this host id")]
 WaitOpt = Annotated[float, typer.Option(help="seconds to wait for acks")]
 
 
@@ -128,8 +138,8 @@ WaitOpt = Annotated[float, typer.Option(help="seconds to wait for acks")]
 def plugins_start(
     ctx: typer.Context,
     name: NameArg,
-    group: GroupOpt = None,
-    host: HostOpt = None,
+    group: GroupFilter = None,
+    host: HostFilter = None,
     wait: WaitOpt = 5.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -141,8 +151,8 @@ def plugins_start(
 def plugins_stop(
     ctx: typer.Context,
     name: NameArg,
-    group: GroupOpt = None,
-    host: HostOpt = None,
+    group: GroupFilter = None,
+    host: HostFilter = None,
     wait: WaitOpt = 5.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -154,8 +164,8 @@ def plugins_stop(
 def plugins_restart(
     ctx: typer.Context,
     name: NameArg,
-    group: GroupOpt = None,
-    host: HostOpt = None,
+    group: GroupFilter = None,
+    host: HostFilter = None,
     wait: WaitOpt = 5.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -167,8 +177,8 @@ def plugins_restart(
 def plugins_clear(
     ctx: typer.Context,
     name: NameArg,
-    group: GroupOpt = None,
-    host: HostOpt = None,
+    group: GroupFilter = None,
+    host: HostFilter = None,
     wait: WaitOpt = 5.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -194,7 +204,7 @@ def _since(value: str) -> dt.datetime:
 @events_app.command("tail")
 def events_tail(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="only this host")] = None,
+    host: HostFilter = None,
     plugin: Annotated[str | None, typer.Option(help="only this plugin")] = None,
     since: Annotated[str | None, typer.Option(help="start at 30s, 10m, 2h ago or ISO time")] = None,
     count: Annotated[int, typer.Option(help="stop after this many records (0: follow)")] = 0,
@@ -211,7 +221,7 @@ def events_tail(
     start = _since(since) if since else None
 
     async def go() -> int:
-        bus = await _connect(s)
+        bus = await connect_bus(s)
         shown = 0
         try:
             js = bus.client.jetstream()
@@ -243,7 +253,7 @@ def events_tail(
     except KeyboardInterrupt:
         return
     except HidsError as exc:
-        raise _fail(exc) from exc
+        raise failure(exc) from exc
     except Exception as exc:  # no stream yet, JetStream disabled
         err.print(f"[red]error:[/] cannot read the telemetry stream: {exc}")
         raise typer.Exit(Exit.CONTROLLER) from exc

@@ -18,7 +18,17 @@ import typer
 from rich.table import Table
 
 from hidsd.base.errors import HidsError
-from hidsd.ctl.common import CtlSettings, Exit, _ask, _emit_json, _fail, _run, err, out
+from hidsd.ctl.common import (
+    CtlSettings,
+    Exit,
+    JsonFlag,
+    ask,
+    emit_json,
+    err,
+    failure,
+    out,
+    run_sync,
+)
 from hidsd.wire.fields import Plain
 from hidsd.wire.fleetquery import QueryRequest, QueryResult, range_to_wire
 from hidsd.wire.ranges import AffectedRange
@@ -29,7 +39,7 @@ from hidsd.wire.verbs import CONTROLLERS, ENDPOINTS, QUERY
 query_app = typer.Typer(help="Fleet queries: which hosts run an affected version.",
                         no_args_is_help=True)  # fmt: skip
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+JsonOpt = JsonFlag
 MaxAgeOpt = Annotated[
     float,
     typer.Option(
@@ -43,7 +53,7 @@ def _query(
     s: CtlSettings, ranges: Sequence[AffectedRange], max_age: float, timeout: float
 ) -> QueryResult:
     params = QueryRequest(tuple(ranges), max_age).to_params()
-    return _run(lambda: _ask(s, QUERY, params, timeout_s=timeout))
+    return run_sync(lambda: ask(s, QUERY, params, timeout_s=timeout))
 
 
 def _age(seconds: float | None) -> str:
@@ -64,7 +74,7 @@ def _report(
     says whether it is complete and whether any host is affected."""
     c = res.counts
     if as_json:
-        _emit_json({**res.to_wire(), **extra})
+        emit_json({**res.to_wire(), **extra})
     else:
         if res.matched:
             t = Table(title=f"{title}: {c.matched} affected hosts")
@@ -155,7 +165,7 @@ def query_advisory(
     try:
         res = _query(ctx.obj, list(adv.ranges), max_age, timeout)
     except HidsError as exc:
-        raise _fail(exc) from exc
+        raise failure(exc) from exc
     _report(res, adv.id, as_json, {"advisory": {"id": adv.id, "summary": adv.summary,
                                                 "aliases": list(adv.aliases)},
                                    "unsupported": list(adv.unsupported)},
@@ -169,9 +179,9 @@ controllers_app = typer.Typer(help="The controllers and how they divide the work
 @controllers_app.command("list")
 def controllers_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every live controller: heartbeats and acks it received, what it forwarded, its view."""
-    res = _run(lambda: _ask(ctx.obj, CONTROLLERS, timeout_s=5.0))
+    res = run_sync(lambda: ask(ctx.obj, CONTROLLERS, timeout_s=5.0))
     if as_json:
-        _emit_json(res.to_wire())
+        emit_json(res.to_wire())
         return
     t = Table(title=f"{len(res.controllers)} controllers")
     for col in ("name", "id", "up", "heartbeats", "acks", "fwd in", "agents", "inventories"):
@@ -192,9 +202,9 @@ def controllers_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @controllers_app.command("endpoints")
 def controllers_endpoints(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """One controller's request verbs with their counters (the one that answers)."""
-    res = _run(lambda: _ask(ctx.obj, ENDPOINTS))
+    res = run_sync(lambda: ask(ctx.obj, ENDPOINTS))
     if as_json:
-        _emit_json(res.to_wire())
+        emit_json(res.to_wire())
         return
     t = Table(title="controller endpoints")
     for col in (

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -37,6 +37,12 @@ from hidsd.wire.rpc import Reply, Verb, encode_request
 
 T = TypeVar("T")
 R = TypeVar("R", bound=Reply)
+
+
+#: options every read command shares (one definition, so help and spelling agree)
+JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+HostFilter = Annotated[str | None, typer.Option("--host", help="only this host id")]
+GroupFilter = Annotated[str | None, typer.Option("--group", help="only agents in this group")]
 
 
 class Exit(IntEnum):
@@ -170,7 +176,7 @@ def author(s: CtlSettings) -> str:
     return s.etcd_user or os.environ.get("USER", "") or "unknown"
 
 
-def _fail(exc: HidsError) -> typer.Exit:
+def failure(exc: HidsError) -> typer.Exit:
     code = Exit.INCOMPLETE
     if isinstance(exc, BusUnavailable):
         code = Exit.BUS
@@ -190,14 +196,14 @@ def _fail(exc: HidsError) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+def run_sync(coro_fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
     except HidsError as exc:
-        raise _fail(exc) from exc
+        raise failure(exc) from exc
 
 
-async def _connect(s: CtlSettings) -> Any:
+async def connect_bus(s: CtlSettings) -> Any:
     from hidsd.bus.transport import Bus, BusOptions
 
     bus = Bus(BusOptions(servers=s.nats, name="hidsctl", connect_timeout_s=s.timeout_s,
@@ -206,14 +212,14 @@ async def _connect(s: CtlSettings) -> Any:
     return bus
 
 
-async def _ask(
+async def ask(
     s: CtlSettings, verb: Verb[R], params: WireMap | None = None, timeout_s: float | None = None,
     attempts: int = 3,
 ) -> R:  # fmt: skip
     """A read from the controllers, decoded to the verb's reply type (ProtocolError if it is
     malformed). A controller that dies with our request in flight leaves no reply: ask again,
     and the queue group hands it to another (reads are idempotent)."""
-    bus = await _connect(s)
+    bus = await connect_bus(s)
     try:
         for attempt in range(1, attempts + 1):
             try:
@@ -233,11 +239,11 @@ async def _ask(
     return verb.decode(data)
 
 
-def _emit_json(obj: Any) -> None:
+def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _ago(ts: float | None) -> str:
+def ago(ts: float | None) -> str:
     if not ts:
         return "-"
     d = time.time() - ts

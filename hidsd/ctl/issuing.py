@@ -22,11 +22,11 @@ from hidsd.base.errors import (
 from hidsd.ctl.common import (
     CtlSettings,
     Exit,
-    _connect,
-    _emit_json,
-    _fail,
     author,
+    connect_bus,
+    emit_json,
     err,
+    failure,
     open_store,
     out,
 )
@@ -69,7 +69,7 @@ def control(
     try:
         key = OperatorKey.load(s.key_file)
     except OperatorKeyError as exc:
-        raise _fail(exc) from exc
+        raise failure(exc) from exc
     label = "fleet" if scope is Scope.FLEET else f"{scope.value} {target}"
     if plugin is not None:
         label = f"{plugin} on {label}"
@@ -94,7 +94,7 @@ def control(
 
     async def go() -> IssueResult:
         try:
-            bus = await _connect(s)
+            bus = await connect_bus(s)
         except BusUnavailable as exc:
             # Record anyway: etcd is the source of truth and agents converge from it.
             bus = None
@@ -118,10 +118,10 @@ def control(
         res = asyncio.run(go())
     except NotRecorded as exc:
         if as_json:
-            _emit_json({"recorded": False, "broadcast": False, **exc.to_dict()})
-        raise _fail(exc) from exc
+            emit_json({"recorded": False, "broadcast": False, **exc.to_dict()})
+        raise failure(exc) from exc
     except HidsError as exc:
-        raise _fail(exc) from exc
+        raise failure(exc) from exc
     if bus_error:
         res.bus_error = bus_error[0]
     report(res, as_json)
@@ -136,7 +136,7 @@ def control(
 def report(res: Any, as_json: bool) -> None:
     d = res.to_dict()
     if as_json:
-        _emit_json(d)
+        emit_json(d)
         return
     t = Table(
         title=f"{d['kind']} {d['scope']} {d['target']}  (command {d['cmd_id']})", show_header=False

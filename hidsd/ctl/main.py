@@ -20,14 +20,17 @@ from hidsd.base.storage import StorageReport
 from hidsd.ctl.common import (
     CtlSettings,
     Exit,
-    _ago,
-    _ask,
-    _emit_json,
-    _fail,
-    _run,
+    GroupFilter,
+    HostFilter,
+    JsonFlag,
+    ago,
+    ask,
+    emit_json,
     err,
+    failure,
     load_ctl_settings,
     out,
+    run_sync,
 )
 from hidsd.ctl.issuing import control
 from hidsd.wire.commands import CommandKind
@@ -125,16 +128,16 @@ def keys_init(
 
 
 @keys_app.command("show")
-def keys_show(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def keys_show(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Print the operator's public key and key id."""
     s: CtlSettings = ctx.obj
     try:
         k = OperatorKey.load(s.key_file)
     except OperatorKeyError as exc:
-        raise _fail(exc) from exc
+        raise failure(exc) from exc
     pub = encode_public_key(k.public_key)
     if as_json:
-        _emit_json({"key_id": k.key_id, "public_key": pub, "path": str(s.key_file)})
+        emit_json({"key_id": k.key_id, "public_key": pub, "path": str(s.key_file)})
     else:
         out.print(f"key id {k.key_id}\npublic key {pub}", highlight=False)
 
@@ -170,20 +173,18 @@ def _agents_table(agents: Sequence[AgentRow]) -> Table:
             "-"
             if a.converged is None
             else ("yes" if a.converged else f"[yellow]no (want {a.desired_rev})[/]"),
-            _ago(a.last_seen),
+            ago(a.last_seen),
         )
     return t
 
 
 @agents_app.command("list")
-def agents_list(
-    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False
-) -> None:
+def agents_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Every agent the controllers know: presence, run mode, revision."""
     s: CtlSettings = ctx.obj
-    res = _run(lambda: _ask(s, AGENTS_LIST))
+    res = run_sync(lambda: ask(s, AGENTS_LIST))
     if as_json:
-        _emit_json(res.to_wire())
+        emit_json(res.to_wire())
         return
     out.print(_agents_table(res.agents))
     if not res.store_ok:
@@ -191,24 +192,22 @@ def agents_list(
 
 
 @agents_app.command("show")
-def agents_show(
-    ctx: typer.Context, host: str, as_json: Annotated[bool, typer.Option("--json")] = False
-) -> None:
+def agents_show(ctx: typer.Context, host: str, as_json: JsonFlag = False) -> None:
     """One agent in full: facts, usage, rejection counters."""
     s: CtlSettings = ctx.obj
 
-    async def ask() -> AgentDetail | None:
+    async def fetch() -> AgentDetail | None:
         try:
-            return await _ask(s, AGENTS_SHOW, HostRequest(host).to_params())
+            return await ask(s, AGENTS_SHOW, HostRequest(host).to_params())
         except ProtocolError as exc:
             err.print(f"[red]error:[/] {exc.message}")
             return None
 
-    res = _run(ask)
+    res = run_sync(fetch)
     if res is None:
         raise typer.Exit(Exit.NOT_FOUND)
     if as_json:
-        _emit_json(res.to_wire())
+        emit_json(res.to_wire())
         return
     a, r = res.agent, res.agent.report
     t = Table(title=f"agent {host}", show_header=False)
@@ -226,7 +225,7 @@ def agents_show(
     for k in ("liveness", "reason", "mode", "held", "groups", "applied_rev", "desired_rev",
               "converged", "version", "uptime_s", "cpu_pct", "rss_bytes"):  # fmt: skip
         t.add_row(k, str(shown.get(k, "-")))
-    t.add_row("last seen", _ago(a.last_seen))
+    t.add_row("last seen", ago(a.last_seen))
     if r is not None:
         for k, v in sorted(r.facts.to_map().items()):
             t.add_row(f"facts.{k}", str(v))
@@ -239,7 +238,7 @@ def agents_show(
     events = [e for e in res.events if e.kind == "breaker"]
     for e in events[-5:]:
         d = e.detail
-        t.add_row("breaker event", f"{_ago(e.at)}: {d.get('old')} -> {d.get('state')}: "
+        t.add_row("breaker event", f"{ago(e.at)}: {d.get('old')} -> {d.get('state')}: "
                   f"{d.get('reason')}")  # fmt: skip
     out.print(t)
 
@@ -290,14 +289,12 @@ def _breaker_rows(t: Table, b: BreakerReport | None) -> None:
 
 
 @fleet_app.command("status")
-def fleet_status(
-    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False
-) -> None:
+def fleet_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Counts by run mode, online/offline, and agents not at their latest desired revision."""
     s: CtlSettings = ctx.obj
-    res = _run(lambda: _ask(s, FLEET_STATUS))
+    res = run_sync(lambda: ask(s, FLEET_STATUS))
     if as_json:
-        _emit_json(res.to_wire())
+        emit_json(res.to_wire())
         return
     t = Table(title="fleet", show_header=False)
     t.add_column("what")
@@ -330,16 +327,14 @@ def fleet_status(
 
 
 WaitOpt = Annotated[float, typer.Option(help="seconds to wait for acks")]
-GroupOpt = Annotated[str | None, typer.Option(help="only agents in this group")]
-HostOpt = Annotated[str | None, typer.Option(help="only this host id")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable summary")]
 
 
 @fleet_app.command("stop")
 def fleet_stop(
     ctx: typer.Context,
-    group: GroupOpt = None,
-    host: HostOpt = None,
+    group: GroupFilter = None,
+    host: HostFilter = None,
     wait: WaitOpt = 5.0,
     allow_unrecorded: Annotated[
         bool, typer.Option(help="if etcd is down, broadcast the stop anyway (agents hold it)")
@@ -353,8 +348,8 @@ def fleet_stop(
 @fleet_app.command("resume")
 def fleet_resume(
     ctx: typer.Context,
-    group: GroupOpt = None,
-    host: HostOpt = None,
+    group: GroupFilter = None,
+    host: HostFilter = None,
     wait: WaitOpt = 5.0,
     as_json: JsonOpt = False,
 ) -> None:
