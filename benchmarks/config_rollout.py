@@ -46,11 +46,14 @@ from harness.procs import CpuMeter, log_events
 from harness.report import (
     RESULTS,
     BenchError,
+    Option,
     add_common_args,
+    add_options,
     etcd_watchers,
     fmt,
     ms,
     percentile,
+    print_rows,
     raise_nofile_limit,
     run_benchmark,
     wait_etcd_watchers,
@@ -391,13 +394,8 @@ def print_summary(r: dict[str, Any]) -> None:
     rows += [(f"  p50 {step.replace('_', ' ')}", fmt(r["phases_ms"].get(step, {}).get("p50_ms")))
              for step in (*STEPS, "heartbeat_sent")]  # fmt: skip
     rows.append(("etcd watchers", fmt(r["etcd_watchers"], "")))
-    width = max(len(k) for k, _ in rows)
-    print(f"\nhidsd config rollout, N={r['agents']} ({r['setup']['workers']} workers)"
-          + (" quick: figures not comparable" if r["quick"] else ""))  # fmt: skip
-    print("-" * (width + 16))
-    for k, v in rows:
-        print(f"{k:<{width}}  {v:>12}")
-    print("-" * (width + 16))
+    print_rows(f"hidsd config rollout, N={r['agents']} ({r['setup']['workers']} workers)", rows,
+               r["quick"])  # fmt: skip
     print(f"{'round':<16} {'converged':>11} {'p50':>10} {'p99':>10} {'all':>10}  at end")
     for rnd in r["rounds"]:
         if "error" in rnd:
@@ -409,8 +407,7 @@ def print_summary(r: dict[str, Any]) -> None:
               f"{rnd['regressed']} regressed, {rnd['never_applied']} never applied")  # fmt: skip
 
 
-#: numeric options: (flag, type, default, help); the default is appended to the help
-OPTIONS: list[tuple[str, type, float, str]] = [
+OPTIONS: list[Option] = [
     ("--workers", int, 4, "worker processes"),
     ("--wait-s", float, 30.0, "how long a round waits for every agent"),
     ("--pause-s", float, 1.5, "quiet time between rounds"),
@@ -428,8 +425,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_common_args(p, RESULTS / "config_rollout.json")
     p.add_argument("--agents", type=int, help="fleet size N (default 1000; 100 with --quick)")
-    for flag, typ, default, text in OPTIONS:
-        p.add_argument(flag, type=typ, default=typ(default), help=f"{text} (default {default})")
+    add_options(p, OPTIONS)
     p.add_argument(
         "--skip-probes", action="store_true", help="skip the same-effective and concurrent probes"
     )

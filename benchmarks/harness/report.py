@@ -219,3 +219,75 @@ def run_benchmark(
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+#: a numeric option of a benchmark: (flag, type, default, help); `add_options` appends the default
+Option = tuple[str, type, float, str]
+
+
+def add_options(p: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """Numeric options from a table, so a benchmark lists its knobs once, defaults in the help."""
+    for flag, typ, default, text in options:
+        p.add_argument(flag, type=typ, default=typ(default), help=f"{text} (default {default})")
+
+
+def quick_defaults(args: argparse.Namespace, full: dict[str, Any], quick: dict[str, Any]) -> None:
+    """Fill options left unset (None) with the full run's value, or the quick one's under
+    `--quick`, so one flag shrinks a run and an explicit flag still wins."""
+    chosen = quick if getattr(args, "quick", False) else full
+    for key, value in {**full, **chosen}.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+class Budget:
+    """The run's time budget: phases ask before they start whether they still fit, so a full
+    run ends inside its 10 minutes with what it measured rather than being killed."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.cut: list[str] = []
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def fits(self, phase: str, needs_s: float) -> bool:
+        """True if `phase` (about `needs_s` long) ends before the deadline; else it is noted as
+        cut (the result's `cut` list) and the caller skips it."""
+        if needs_s <= self.left():
+            return True
+        warn(f"{phase!r} would overrun the time budget ({needs_s:.0f} s, {self.left():.0f} s left)")
+        self.cut.append(phase)
+        return False
+
+    def share(self, fraction: float, floor_s: float = 1.0) -> float:
+        """A timeout that is `fraction` of what is left, never below `floor_s`."""
+        return max(floor_s, self.left() * fraction)
+
+
+def wait_quiet(max_busy: float = 0.25, window_s: float = 2.0, timeout_s: float = 60.0) -> float:
+    """Wait until other work uses under `max_busy` of the machine's cores over `window_s`
+    (measurements side by side are only fair on a quiet machine); returns the last busy
+    fraction seen, and warns if the machine never got quiet."""
+    cores = os.cpu_count() or 1
+    end = time.monotonic() + timeout_s
+    while True:
+        b0 = machine_busy_s()
+        time.sleep(window_s)
+        busy = (machine_busy_s() - b0) / window_s / cores
+        if busy < max_busy or time.monotonic() >= end:
+            break
+    if busy >= max_busy:
+        warn(f"the machine stayed busy ({busy:.0%} of {cores} cores): figures may be off")
+    return round(busy, 3)
+
+
+def print_rows(title: str, rows: Sequence[tuple[str, str]], quick: bool = False) -> None:
+    """A summary as aligned `label  value` lines under a title."""
+    width = max((len(k) for k, _ in rows), default=10)
+    print(f"\n{title}" + (" (quick: figures not comparable)" if quick else ""))
+    print("-" * (width + 16))
+    for k, v in rows:
+        print(f"{k:<{width}}  {v:>12}")
+    print("-" * (width + 16))
