@@ -1,0 +1,207 @@
+"""`WireRecord`: a dataclass whose map on the wire is derived from its fields.
+
+Each field is one key (its name, or `wire_keys`' rename), in field order, so the bytes are the
+same as a hand-written map in that order. The value's type hint picks how it is written and
+read: text, whole numbers, numbers (an int stays an int), flags, enums (by value), `X | None`,
+`tuple[X, ...]` (a list), `Mapping[str, X]` (a map keyed by text), a class with its own
+`to_wire` / `from_wire` (a nested record), or a plain dataclass (same rules). A field whose hint says none of these names its reader in
+`wire_readers` (e.g. free-form `Plain`, or a name that must also pass `check_name`).
+
+Decoding is strict: a missing key is refused (`ProtocolError` naming it) unless the field is in
+`wire_optional` (an older sender leaves it out: the field's default is used); keys the record
+does not know are ignored. `wire_omit` fields are left out of the map while they hold their
+default (None, "", ...), as a sender that never set them would.
+
+Pure: no I/O; the per-class plan is derived once, from the class, and cached."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import MISSING, dataclass
+from enum import Enum
+from typing import Any, ClassVar, Self, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from hidsd.base.errors import ProtocolError
+from hidsd.wire.fields import (
+    Plain,
+    Reader,
+    as_flag,
+    as_int,
+    as_map,
+    as_number,
+    as_text,
+    enum_of,
+    list_of,
+    map_of,
+    optional,
+)
+
+T = TypeVar("T")
+#: writes one field's value as msgpack carries it
+Writer = Callable[[Any], Plain]
+
+
+class WireRecord:
+    """Mix into a dataclass (frozen, slots) to get `to_wire` / `from_wire` from its fields."""
+
+    __slots__ = ()
+    #: field name -> key on the wire, where they differ
+    wire_keys: ClassVar[Mapping[str, str]] = {}
+    #: fields that may be missing on the wire (their default is used)
+    wire_optional: ClassVar[frozenset[str]] = frozenset()
+    #: fields left out of the map while they hold their default
+    wire_omit: ClassVar[frozenset[str]] = frozenset()
+    #: field name -> reader, for fields whose type hint does not say how to read them
+    wire_readers: ClassVar[Mapping[str, Reader[Any]]] = {}
+    #: what the record is called in an error when the caller does not say
+    wire_what: ClassVar[str] = ""
+
+    def to_wire(self) -> dict[str, Plain]:
+        return encode(self)
+
+    @classmethod
+    def from_wire(cls, obj: object, what: str = "") -> Self:
+        return decode(cls, obj, what or cls.wire_what or cls.__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    key: str
+    write: Writer
+    read: Reader[Any]
+    #: what the field holds when the key is missing (MISSING: the key is required)
+    default: Any
+    omit: bool
+
+
+def _identity(value: Any) -> Plain:
+    return typing.cast(Plain, value)
+
+
+def _is_record(hint: object) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _writer(hint: object) -> Writer:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        if len(inner) == 1:
+            write = _writer(inner[0])
+            if write is _identity:
+                return _identity
+            return lambda v: None if v is None else write(v)
+        return _identity
+    if origin is tuple:
+        write = _writer(get_args(hint)[0])
+        if write is _identity:
+            return list
+        return lambda v: [write(x) for x in v]
+    if origin in (dict, Mapping) or origin is typing.Mapping:
+        write = _writer(get_args(hint)[1])
+        if write is _identity:
+            return _identity
+        return lambda v: {k: write(x) for k, x in v.items()}
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return lambda v: v.value
+    if isinstance(hint, type) and hasattr(hint, "to_wire"):
+        return lambda v: v.to_wire()
+    if _is_record(hint):
+        return encode
+    return _identity
+
+
+def _reader(hint: object, owner: type, name: str) -> Reader[Any]:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        if len(inner) == 1:
+            return optional(_reader(inner[0], owner, name))
+    elif origin is tuple:
+        args = get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return list_of(_reader(args[0], owner, name))
+    elif origin in (dict, Mapping):
+        key, value = get_args(hint)
+        if key is str:
+            return map_of(_reader(value, owner, name))
+    elif hint is str:
+        return as_text
+    elif hint is bool:
+        return as_flag
+    elif hint is int:
+        return as_int
+    elif hint is float:
+        return as_number
+    elif isinstance(hint, type) and issubclass(hint, Enum):
+        return enum_of(hint)
+    elif isinstance(hint, type) and hasattr(hint, "from_wire"):
+        own: Reader[Any] = hint.from_wire
+        return own
+    elif _is_record(hint):
+        record = typing.cast(type, hint)
+        return lambda value, where: decode(record, value, where)
+    raise TypeError(
+        f"{owner.__name__}.{name}: no wire reader for {hint!r}; name one in wire_readers"
+    )
+
+
+def _plan(cls: type) -> tuple[_Field, ...]:
+    # mypy does not see a class as Hashable; it is (by identity)
+    return _derive(typing.cast(Hashable, cls))
+
+
+@functools.cache
+def _derive(cls: Any) -> tuple[_Field, ...]:
+    hints = get_type_hints(cls)
+    keys: Mapping[str, str] = getattr(cls, "wire_keys", {})
+    readers: Mapping[str, Reader[Any]] = getattr(cls, "wire_readers", {})
+    optional_: frozenset[str] = getattr(cls, "wire_optional", frozenset())
+    omit: frozenset[str] = getattr(cls, "wire_omit", frozenset())
+    plan = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        default: Any = MISSING
+        if f.name in optional_ or f.name in omit:
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:
+                raise TypeError(f"{cls.__name__}.{f.name}: optional on the wire needs a default")
+        read = readers.get(f.name) or _reader(hint, cls, f.name)
+        plan.append(
+            _Field(f.name, keys.get(f.name, f.name), _writer(hint), read, default, f.name in omit)
+        )
+    return tuple(plan)
+
+
+def encode(obj: Any) -> dict[str, Plain]:
+    """The map of a dataclass instance, one key per field in field order."""
+    out: dict[str, Plain] = {}
+    for f in _plan(type(obj)):
+        value = getattr(obj, f.name)
+        if f.omit and value == f.default:
+            continue
+        out[f.key] = f.write(value)
+    return out
+
+
+def decode(cls: type[T], obj: object, what: str) -> T:
+    """A `cls` from its map; `ProtocolError` naming the first field that is missing or wrong."""
+    m = as_map(obj, what)
+    values: dict[str, Any] = {}
+    for f in _plan(cls):
+        if f.key in m:
+            values[f.name] = f.read(m[f.key], f"{what}.{f.key}")
+        elif f.default is not MISSING:
+            values[f.name] = f.default
+        else:
+            raise ProtocolError(f"{what}: missing field {f.key!r}", field=f.key)
+    return cls(**values)
+
