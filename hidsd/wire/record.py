@@ -204,4 +204,3 @@ def decode(cls: type[T], obj: object, what: str) -> T:
         else:
             raise ProtocolError(f"{what}: missing field {f.key!r}", field=f.key)
     return cls(**values)
-

@@ -27,11 +27,9 @@ from hidsd.wire.fields import (
     int_map,
     list_of,
     map_of,
-    number_map,
     opt_flag,
     opt_int,
     opt_number,
-    opt_text,
     text_list,
 )
 from hidsd.wire.heartbeat import (
@@ -45,6 +43,7 @@ from hidsd.wire.heartbeat import (
     storage_from_map,
     storage_to_map,
 )
+from hidsd.wire.record import WireRecord
 from hidsd.wire.rpc import Event
 
 
@@ -175,21 +174,14 @@ class AgentRow:
 
 
 @dataclass(frozen=True, slots=True)
-class AgentsList:
+class AgentsList(WireRecord):
     """`agents.list`: every agent the controllers know, by host."""
 
     agents: tuple[AgentRow, ...]
     #: False: etcd was unreachable, so convergence is unknown
     store_ok: bool
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {"agents": [a.to_wire() for a in self.agents], "store_ok": self.store_ok}
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str = "agents.list reply") -> AgentsList:
-        m = as_map(obj, what)
-        return cls(get(m, "agents", list_of(AgentRow.from_wire), what),
-                   get(m, "store_ok", as_flag, what))  # fmt: skip
+    wire_what = "agents.list reply"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,43 +204,25 @@ class AgentDetail:
 
 
 @dataclass(frozen=True, slots=True)
-class BreakerSummary:
+class BreakerSummary(WireRecord):
     """A host whose breaker is not normal, as `fleet status` names it."""
 
     state: str
     reason: str
     denylist: tuple[str, ...]
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {"state": self.state, "reason": self.reason, "denylist": list(self.denylist)}
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str) -> BreakerSummary:
-        m = as_map(obj, what)
-        return cls(get(m, "state", as_text, what), get(m, "reason", as_text, what),
-                   get(m, "denylist", text_list, what))  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
-class StorageSummary:
+class StorageSummary(WireRecord):
     """A host whose storage is not ok, as `fleet status` names it."""
 
     status: StorageStatus
     path: str
     error: str
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {"status": self.status.value, "path": self.path, "error": self.error}
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str) -> StorageSummary:
-        m = as_map(obj, what)
-        return cls(get(m, "status", enum_of(StorageStatus), what), get(m, "path", as_text, what),
-                   get(m, "error", as_text, what))  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
-class FleetStatus:
+class FleetStatus(WireRecord):
     """`fleet.status`: counts by liveness, run mode, breaker and storage state, and the hosts an
     operator must look at."""
 
@@ -268,52 +242,11 @@ class FleetStatus:
     #: desired-state key -> its etcd revision
     desired: Mapping[str, int]
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {
-            "agents": self.agents, "online": self.online, "offline": self.offline,
-            "offline_hosts": list(self.offline_hosts), "by_mode": self.by_mode,
-            "by_breaker": self.by_breaker,
-            "breaker_not_normal": {h: b.to_wire() for h, b in self.breaker_not_normal.items()},
-            "by_storage": self.by_storage,
-            "storage_not_ok": {h: s.to_wire() for h, s in self.storage_not_ok.items()},
-            "clock_skewed": self.clock_skewed, "held": list(self.held),
-            "not_converged": list(self.not_converged), "store_ok": self.store_ok,
-            "desired": self.desired,
-        }  # fmt: skip
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str = "fleet.status reply") -> FleetStatus:
-        m = as_map(obj, what)
-        return cls(
-            agents=get(m, "agents", as_int, what),
-            online=get(m, "online", as_int, what),
-            offline=get(m, "offline", as_int, what),
-            offline_hosts=get(m, "offline_hosts", text_list, what),
-            by_mode=get(m, "by_mode", int_map, what),
-            by_breaker=get(m, "by_breaker", int_map, what),
-            breaker_not_normal=get(m, "breaker_not_normal", map_of(BreakerSummary.from_wire),
-                                   what),
-            by_storage=get(m, "by_storage", int_map, what),
-            storage_not_ok=get(m, "storage_not_ok", map_of(StorageSummary.from_wire), what),
-            clock_skewed=get(m, "clock_skewed", number_map, what),
-            held=get(m, "held", text_list, what),
-            not_converged=get(m, "not_converged", text_list, what),
-            store_ok=get(m, "store_ok", as_flag, what),
-            desired=get(m, "desired", int_map, what),
-        )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- config.status
-
-
-def _rejection_from_wire(obj: object, what: str) -> ConfigRejection:
-    m = as_map(obj, what)
-    return ConfigRejection(get(m, "scope", as_text, what), get(m, "version", opt_int, what),
-                           get(m, "error", as_text, what))  # fmt: skip
+    wire_what = "fleet.status reply"
 
 
 @dataclass(frozen=True, slots=True)
-class ConfigAgentRow:
+class ConfigAgentRow(WireRecord):
     """One agent in `config.status`: the versions it runs against those it should run."""
 
     host: str
@@ -327,87 +260,35 @@ class ConfigAgentRow:
     rejected: ConfigRejection | None
     fingerprint: str | None
 
-    def to_wire(self) -> dict[str, Plain]:
-        r = self.rejected
-        return {
-            "host": self.host, "liveness": self.liveness.value, "running": self.running,
-            "desired": self.desired, "converged": self.converged, "status": self.status,
-            "rejected": None if r is None else {"scope": r.scope, "version": r.version,
-                                                "error": r.error},
-            "fingerprint": self.fingerprint,
-        }  # fmt: skip
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str) -> ConfigAgentRow:
-        m = as_map(obj, what)
-        desired = m.get("desired")
-        return cls(
-            host=get(m, "host", as_text, what),
-            liveness=get(m, "liveness", read_liveness, what),
-            running=get(m, "running", int_map, what),
-            desired=None if desired is None else get(m, "desired", int_map, what),
-            converged=get(m, "converged", opt_flag, what),
-            status=get(m, "status", as_text, what),
-            rejected=None if m.get("rejected") is None
-            else get(m, "rejected", _rejection_from_wire, what),
-            fingerprint=get(m, "fingerprint", opt_text, what),
-        )  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
-class ConfigStatus:
+class ConfigStatus(WireRecord):
     """`config.status`: each scope's current version, and every agent that reported one."""
 
     store_ok: bool
     current: Mapping[str, int]
     agents: tuple[ConfigAgentRow, ...]
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {"store_ok": self.store_ok, "current": self.current,
-                "agents": [a.to_wire() for a in self.agents]}  # fmt: skip
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str = "config.status reply") -> ConfigStatus:
-        m = as_map(obj, what)
-        return cls(get(m, "store_ok", as_flag, what), get(m, "current", int_map, what),
-                   get(m, "agents", list_of(ConfigAgentRow.from_wire), what))  # fmt: skip
-
-
-# --------------------------------------------------------------------------- expected, acks
+    wire_what = "config.status reply"
 
 
 @dataclass(frozen=True, slots=True)
-class Expected:
+class Expected(WireRecord):
     """`expected`: the hosts a command for a scope should reach, online and offline."""
 
     online: tuple[str, ...]
     offline: tuple[str, ...]
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {"online": list(self.online), "offline": list(self.offline)}
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str = "expected reply") -> Expected:
-        m = as_map(obj, what)
-        return cls(get(m, "online", text_list, what), get(m, "offline", text_list, what))
+    wire_what = "expected reply"
 
 
 @dataclass(frozen=True, slots=True)
-class AckSummary:
+class AckSummary(WireRecord):
     """One host's ack of a command, as the ledger keeps it."""
 
     status: AckStatus
     rev: int
     detail: str
-
-    def to_wire(self) -> dict[str, Plain]:
-        return {"status": self.status.value, "rev": self.rev, "detail": self.detail}
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str) -> AckSummary:
-        m = as_map(obj, what)
-        return cls(get(m, "status", enum_of(AckStatus), what), get(m, "rev", as_int, what),
-                   get(m, "detail", as_text, what))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
