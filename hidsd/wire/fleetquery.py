@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 from hidsd.base.errors import ProtocolError
 from hidsd.wire.fields import (
     Plain,
-    as_flag,
-    as_int,
+    Reader,
     as_map,
     as_number,
     as_text,
     get,
     get_or,
-    int_map,
     list_of,
     map_of,
     opt_number,
@@ -28,6 +27,7 @@ from hidsd.wire.fields import (
     text_list,
 )
 from hidsd.wire.ranges import AffectedRange, QueryError, parse_vers
+from hidsd.wire.record import WireRecord
 from hidsd.wire.replies import Liveness, read_liveness
 
 
@@ -87,7 +87,7 @@ class QueryShareRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class PackageMatch:
+class PackageMatch(WireRecord):
     """One installed package version inside one affected range."""
 
     ecosystem: str
@@ -97,16 +97,7 @@ class PackageMatch:
     #: the advisory the range is from ("cli": typed by the operator)
     source: str
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {"ecosystem": self.ecosystem, "package": self.package, "version": self.version,
-                "range": self.range_spec, "source": self.source}  # fmt: skip
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str) -> PackageMatch:
-        m = as_map(obj, what)
-        return cls(get(m, "ecosystem", as_text, what), get(m, "package", as_text, what),
-                   get(m, "version", as_text, what), get(m, "range", as_text, what),
-                   get(m, "source", as_text, what))  # fmt: skip
+    wire_keys: ClassVar[Mapping[str, str]] = {"range_spec": "range"}
 
 
 def _pair(obj: object, what: str) -> tuple[str, str]:
@@ -117,7 +108,7 @@ def _pair(obj: object, what: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class QueryShare:
+class QueryShare(WireRecord):
     """What one controller answers for its share: the hosts it evaluated (with their inventory
     time), those that match, and those whose installed version cannot be compared."""
 
@@ -130,28 +121,17 @@ class QueryShare:
     matches: Mapping[str, tuple[PackageMatch, ...]]
     counters: Mapping[str, int]
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {
-            "uncomparable": {h: [list(pv) for pv in v] for h, v in self.uncomparable.items()},
-            "controller": self.controller, "evaluated": self.evaluated,
-            "matches": {h: [p.to_wire() for p in ps] for h, ps in self.matches.items()},
-            "counters": self.counters,
-        }  # fmt: skip
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str = "query share reply") -> QueryShare:
-        m = as_map(obj, what)
-        return cls(
-            uncomparable=get_or(m, "uncomparable", map_of(list_of(_pair)), what, {}),
-            controller=get_or(m, "controller", opt_text, what, None),
-            evaluated=get(m, "evaluated", map_of(opt_number), what),
-            matches=get(m, "matches", map_of(list_of(PackageMatch.from_wire)), what),
-            counters=get_or(m, "counters", int_map, what, {}),
-        )
+    wire_what = "query share reply"
+    wire_missing: ClassVar[Mapping[str, Any]] = {
+        "uncomparable": {},
+        "controller": None,
+        "counters": {},
+    }
+    wire_readers: ClassVar[Mapping[str, Reader[Any]]] = {"uncomparable": map_of(list_of(_pair))}
 
 
 @dataclass(frozen=True, slots=True)
-class HostAnswer:
+class HostAnswer(WireRecord):
     """A host that answered: matched (with what it runs) or clean (`packages` None)."""
 
     host: str
@@ -159,21 +139,7 @@ class HostAnswer:
     inventory_age_s: float
     packages: tuple[PackageMatch, ...] | None = None
 
-    def to_wire(self) -> dict[str, Plain]:
-        out: dict[str, Plain] = {"host": self.host, "liveness": self.liveness.value,
-                                 "inventory_age_s": self.inventory_age_s}  # fmt: skip
-        if self.packages is not None:
-            out["packages"] = [p.to_wire() for p in self.packages]
-        return out
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str) -> HostAnswer:
-        m = as_map(obj, what)
-        packages = None
-        if "packages" in m:
-            packages = get(m, "packages", list_of(PackageMatch.from_wire), what)
-        return cls(get(m, "host", as_text, what), get(m, "liveness", read_liveness, what),
-                   get(m, "inventory_age_s", as_number, what), packages)  # fmt: skip
+    wire_omit = frozenset({"packages"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +168,7 @@ class NoAnswer:
 
 
 @dataclass(frozen=True, slots=True)
-class QueryCounts:
+class QueryCounts(WireRecord):
     hosts: int
     answered: int
     matched: int
@@ -211,22 +177,9 @@ class QueryCounts:
     offline_answered: int
     no_answer: int
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {"hosts": self.hosts, "answered": self.answered, "matched": self.matched,
-                "clean": self.clean, "offline_answered": self.offline_answered,
-                "no_answer": self.no_answer}  # fmt: skip
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str) -> QueryCounts:
-        m = as_map(obj, what)
-        return cls(get(m, "hosts", as_int, what), get(m, "answered", as_int, what),
-                   get(m, "matched", as_int, what), get(m, "clean", as_int, what),
-                   get(m, "offline_answered", as_int, what),
-                   get(m, "no_answer", as_int, what))  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
-class Shard:
+class Shard(WireRecord):
     """How one member's share was done: "local", "answered" or "redone here: <why>"."""
 
     member: str
@@ -234,19 +187,9 @@ class Shard:
     hosts: int
     how: str
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {"member": self.member, "controller": self.controller, "hosts": self.hosts,
-                "how": self.how}  # fmt: skip
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str) -> Shard:
-        m = as_map(obj, what)
-        return cls(get(m, "member", as_text, what), get(m, "controller", opt_text, what),
-                   get(m, "hosts", as_int, what), get(m, "how", as_text, what))  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
-class QueryResult:
+class QueryResult(WireRecord):
     """`query`: every known host accounted for (matched, clean, or no answer and why)."""
 
     matched: tuple[HostAnswer, ...]
@@ -258,25 +201,4 @@ class QueryResult:
     complete: bool
     elapsed_ms: float
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {
-            "matched": [r.to_wire() for r in self.matched],
-            "clean": [r.to_wire() for r in self.clean],
-            "no_answer": [r.to_wire() for r in self.no_answer],
-            "counts": self.counts.to_wire(), "shards": [s.to_wire() for s in self.shards],
-            "counters": self.counters, "complete": self.complete, "elapsed_ms": self.elapsed_ms,
-        }  # fmt: skip
-
-    @classmethod
-    def from_wire(cls, obj: object, what: str = "query reply") -> QueryResult:
-        m = as_map(obj, what)
-        return cls(
-            matched=get(m, "matched", list_of(HostAnswer.from_wire), what),
-            clean=get(m, "clean", list_of(HostAnswer.from_wire), what),
-            no_answer=get(m, "no_answer", list_of(NoAnswer.from_wire), what),
-            counts=get(m, "counts", QueryCounts.from_wire, what),
-            shards=get(m, "shards", list_of(Shard.from_wire), what),
-            counters=get(m, "counters", int_map, what),
-            complete=get(m, "complete", as_flag, what),
-            elapsed_ms=get(m, "elapsed_ms", as_number, what),
-        )
+    wire_what = "query reply"

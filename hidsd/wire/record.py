@@ -4,11 +4,13 @@ Each field is one key (its name, or `wire_keys`' rename), in field order, so the
 same as a hand-written map in that order. The value's type hint picks how it is written and
 read: text, whole numbers, numbers (an int stays an int), flags, enums (by value), `X | None`,
 `tuple[X, ...]` (a list), `Mapping[str, X]` (a map keyed by text), a class with its own
-`to_wire` / `from_wire` (a nested record), or a plain dataclass (same rules). A field whose hint says none of these names its reader in
-`wire_readers` (e.g. free-form `Plain`, or a name that must also pass `check_name`).
+`to_wire` / `from_wire` (a nested record), or a plain dataclass (same rules). A field whose
+hint says none of these names its reader in `wire_readers` (e.g. free-form `Plain`, or a name
+that must also pass `check_name`).
 
 Decoding is strict: a missing key is refused (`ProtocolError` naming it) unless the field is in
-`wire_optional` (an older sender leaves it out: the field's default is used); keys the record
+`wire_optional` (an older sender leaves it out: the field's default is used) or `wire_missing`
+(the value to use, for a field without a default); keys the record
 does not know are ignored. `wire_omit` fields are left out of the map while they hold their
 default (None, "", ...), as a sender that never set them would.
 
@@ -53,6 +55,8 @@ class WireRecord:
     wire_keys: ClassVar[Mapping[str, str]] = {}
     #: fields that may be missing on the wire (their default is used)
     wire_optional: ClassVar[frozenset[str]] = frozenset()
+    #: field name -> the value a missing key stands for (a field without a default)
+    wire_missing: ClassVar[Mapping[str, Any]] = {}
     #: fields left out of the map while they hold their default
     wire_omit: ClassVar[frozenset[str]] = frozenset()
     #: field name -> reader, for fields whose type hint does not say how to read them
@@ -163,11 +167,14 @@ def _derive(cls: Any) -> tuple[_Field, ...]:
     readers: Mapping[str, Reader[Any]] = getattr(cls, "wire_readers", {})
     optional_: frozenset[str] = getattr(cls, "wire_optional", frozenset())
     omit: frozenset[str] = getattr(cls, "wire_omit", frozenset())
+    missing: Mapping[str, Any] = getattr(cls, "wire_missing", {})
     plan = []
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         default: Any = MISSING
-        if f.name in optional_ or f.name in omit:
+        if f.name in missing:
+            default = missing[f.name]
+        elif f.name in optional_ or f.name in omit:
             if f.default is not MISSING:
                 default = f.default
             elif f.default_factory is not MISSING:
