@@ -26,7 +26,7 @@ from hidsd.base.files import write_atomic
 from hidsd.base.storage import StorageHealth
 from hidsd.plugins.cgroups import Accounting, ResourceControl, open_resource_control
 from hidsd.plugins.supervisor import Supervisor
-from hidsd.wire.heartbeat import BreakerReport
+from hidsd.wire.heartbeat import AccountingReport, BreakerReport
 from hidsd.wire.limits import BreakerConfig, CgroupLimits
 
 DENYLIST_FILE = "breaker-denylist.json"
@@ -224,8 +224,7 @@ class BreakerService:
         s = self.resources
         return replace(
             self.breaker.report(self.clock(), time.time()),
-            accounting_mode=s.mode.value,
-            accounting_detail=s.detail,
+            accounting=AccountingReport(s.mode.value, s.detail),
             limits_error=self.limits_error,
         )
 

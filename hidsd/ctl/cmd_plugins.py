@@ -52,7 +52,7 @@ def _rows(agents: Sequence[AgentRow], host: str | None) -> list[tuple[AgentRow, 
 def _row_json(a: AgentRow, name: str, p: PluginReport) -> dict[str, Plain]:
     """A plugin as `plugins status --json` prints it: the heartbeat's flat map of it."""
     return {"host": a.host, "plugin": name, "liveness": a.liveness.value, "drops": p.dropped,
-            **p.to_map()}  # fmt: skip
+            **p.to_wire()}  # fmt: skip
 
 
 @plugins_app.command("status")

@@ -227,7 +227,7 @@ def agents_show(ctx: typer.Context, host: str, as_json: JsonFlag = False) -> Non
         t.add_row(k, str(shown.get(k, "-")))
     t.add_row("last seen", ago(a.last_seen))
     if r is not None:
-        for k, v in sorted(r.facts.to_map().items()):
+        for k, v in sorted(r.facts.to_wire().items()):
             t.add_row(f"facts.{k}", str(v))
         for k, n in sorted(r.rejections.items()):
             if n:
@@ -276,7 +276,7 @@ def _breaker_rows(t: Table, b: BreakerReport | None) -> None:
     style = BREAKER_STYLE.get(b.state, "white")
     t.add_row("breaker", f"[{style}]{b.state}[/] for {b.since_s} s"
               + (f": {b.reason}" if b.reason else ""))  # fmt: skip
-    t.add_row("breaker.accounting", f"{b.accounting_mode} ({b.accounting_detail})")
+    t.add_row("breaker.accounting", f"{b.accounting.mode} ({b.accounting.detail})")
     if b.held:
         t.add_row("breaker.held", " ".join(b.held))
     for name, d in sorted(b.denylist.items()):

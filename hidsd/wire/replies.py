@@ -11,26 +11,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, ClassVar
 
-from hidsd.base.errors import ProtocolError
 from hidsd.base.storage import StorageReport, StorageStatus
 from hidsd.wire.commands import AckStatus, RunMode
 from hidsd.wire.fields import (
     Plain,
-    as_flag,
-    as_int,
+    Reader,
     as_map,
     as_number,
     as_text,
     enum_of,
     get,
-    int_map,
     list_of,
     map_of,
     opt_flag,
     opt_int,
     opt_number,
-    text_list,
 )
 from hidsd.wire.heartbeat import (
     BreakerReport,
@@ -40,10 +37,9 @@ from hidsd.wire.heartbeat import (
     Heartbeat,
     HostFacts,
     PluginReport,
-    storage_from_map,
-    storage_to_map,
+    breaker_to_wire,
 )
-from hidsd.wire.record import WireRecord
+from hidsd.wire.record import WireRecord, Writer
 from hidsd.wire.rpc import Event
 
 
@@ -58,7 +54,7 @@ read_liveness = enum_of(Liveness)
 
 
 @dataclass(frozen=True, slots=True)
-class AgentReport:
+class AgentReport(WireRecord):
     """What an agent's newest heartbeat says, as its row shows it."""
 
     mode: RunMode
@@ -86,46 +82,9 @@ class AgentReport:
                    hb.uptime_s, hb.cpu_pct, hb.rss_bytes, hb.facts, hb.rejections, hb.seq,
                    hb.plugins, hb.config, hb.breaker, hb.storage, hb.clock)  # fmt: skip
 
-    def to_wire(self) -> dict[str, Plain]:
-        return {
-            "mode": self.mode.value, "groups": list(self.groups), "version": self.version,
-            "applied_rev": self.applied_rev, "held": self.held, "interval_s": self.interval_s,
-            "uptime_s": self.uptime_s, "cpu_pct": self.cpu_pct, "rss_bytes": self.rss_bytes,
-            "facts": self.facts.to_map(), "rejections": self.rejections, "seq": self.seq,
-            "plugins": {n: p.to_map() for n, p in self.plugins.items()},
-            "config": self.config.to_map(),
-            "breaker": self.breaker.to_map() if self.breaker is not None else {},
-            "storage": storage_to_map(self.storage) if self.storage is not None else None,
-            "clock": self.clock.to_map(),
-        }  # fmt: skip
-
-    @classmethod
-    def from_wire(cls, m: Mapping[str, object], what: str) -> AgentReport:
-        try:
-            plugins = {n: PluginReport.from_map(p)
-                       for n, p in get(m, "plugins", as_map, what).items()}  # fmt: skip
-            config = ConfigReport.from_map(get(m, "config", as_map, what))
-            breaker = BreakerReport.from_map(get(m, "breaker", as_map, what))
-            storage = None if m.get("storage") is None else storage_from_map(m["storage"])
-            clock = ClockReport.from_map(get(m, "clock", as_map, what))
-            facts = HostFacts.from_map(get(m, "facts", as_map, what))
-        except ProtocolError as exc:
-            raise ProtocolError(f"{what}: {exc.message}", **exc.fields) from exc
-        return cls(
-            mode=get(m, "mode", enum_of(RunMode), what),
-            groups=get(m, "groups", text_list, what),
-            version=get(m, "version", as_text, what),
-            applied_rev=get(m, "applied_rev", as_int, what),
-            held=get(m, "held", as_flag, what),
-            interval_s=get(m, "interval_s", as_number, what),
-            uptime_s=get(m, "uptime_s", as_number, what),
-            cpu_pct=get(m, "cpu_pct", as_number, what),
-            rss_bytes=get(m, "rss_bytes", as_int, what),
-            facts=facts,
-            rejections=get(m, "rejections", int_map, what),
-            seq=get(m, "seq", as_int, what),
-            plugins=plugins, config=config, breaker=breaker, storage=storage, clock=clock,
-        )  # fmt: skip
+    wire_missing: ClassVar[Mapping[str, Any]] = {"storage": None}
+    wire_readers: ClassVar[Mapping[str, Reader[Any]]] = {"breaker": BreakerReport.from_wire}
+    wire_writers: ClassVar[Mapping[str, Writer]] = {"breaker": breaker_to_wire}
 
 
 @dataclass(frozen=True, slots=True)

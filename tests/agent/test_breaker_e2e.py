@@ -66,7 +66,7 @@ def has_sequence(seen: list[str], want: list[str]) -> bool:
 
 def breaker(obs: Observer, host: str) -> dict[str, Any]:
     hb = obs.heartbeats.get(host)
-    return {} if hb is None or hb.breaker is None else hb.breaker.to_map()
+    return {} if hb is None or hb.breaker is None else hb.breaker.to_wire()
 
 
 def plugin(obs: Observer, host: str, name: str) -> dict[str, Any]:

@@ -23,7 +23,8 @@ import pytest
 from support import Observer, Proc, Stack, can_mount, fill, remount, tmpfs, wait_for
 
 from hidsd.agent.statefile import StateFile
-from hidsd.wire.heartbeat import plugin_map, storage_to_map
+from hidsd.wire.heartbeat import plugin_map
+from hidsd.wire.record import encode
 
 needs_mount = pytest.mark.skipif(bool(can_mount()), reason=can_mount() or "-")
 LOADGEN = "[plugins.loadgen]\nenabled = true\nparams = { rate = 200, size = 200 }\n"
@@ -38,7 +39,7 @@ async def set_config(stack: Stack, text: str) -> None:
 
 def storage(obs: Observer, host: str) -> dict[str, Any]:
     hb = obs.heartbeats.get(host)
-    return storage_to_map(hb.storage) if hb is not None and hb.storage is not None else {}
+    return encode(hb.storage) if hb is not None and hb.storage is not None else {}
 
 
 def plugin(obs: Observer, host: str, name: str) -> dict[str, Any]:

@@ -566,7 +566,7 @@ def test_heartbeat_with_rejected_config() -> None:
     back = decode_heartbeat(pack(hb_map(config=cfg))).config
     assert back.status == "rejected" and back.versions == {"fleet": 4}
     assert back.rejected == ConfigRejection("fleet", 5, "heartbeat_s: bad")
-    assert back.to_map()["rejected"] == cfg["rejected"]
+    assert back.to_wire()["rejected"] == cfg["rejected"]
 
 
 def test_heartbeat_encodes_config_field() -> None:
@@ -615,7 +615,7 @@ def test_heartbeat_malformed_config_report(value: Any) -> None:
 def test_heartbeat_non_map_config(value: Any) -> None:
     with pytest.raises(ProtocolError) as ei:
         decode_heartbeat(pack(hb_map(config=value)))
-    assert ei.value.fields["field"] == "config"
+    assert ei.value.fields["field"] == "heartbeat.config"
 
 
 # --------------------------------------------------------------------------- configplane.diff

@@ -30,6 +30,7 @@ from hidsd.wire.commands import (
     encode_envelope,
 )
 from hidsd.wire.heartbeat import (
+    AccountingReport,
     BreakerReport,
     ClockReport,
     DenylistEntry,
@@ -556,11 +557,12 @@ def test_heartbeat_round_trip(hb: Heartbeat) -> None:
     assert isinstance(back.groups, tuple)
 
 
-def test_heartbeat_int_numbers_become_floats() -> None:
-    hb = decode_heartbeat(pack(hb_map(interval_s=5, sent_at=1, uptime_s=2, cpu_pct=0)))
-    assert hb.interval_s == 5.0
-    assert isinstance(hb.interval_s, float)
-    assert isinstance(hb.cpu_pct, float)
+def test_heartbeat_int_numbers_are_taken_as_sent() -> None:
+    """A whole number where a number is asked for is kept as sent (the map re-encodes the same)."""
+    m = hb_map(interval_s=5, sent_at=1, uptime_s=2, cpu_pct=0)
+    hb = decode_heartbeat(pack(m))
+    assert hb.interval_s == 5.0 and hb.cpu_pct == 0
+    assert decode_heartbeat(encode_heartbeat(hb)) == hb
 
 
 HB_FIELDS = [
@@ -890,9 +892,9 @@ def test_plugin_report_flat_on_the_wire_typed_in_code() -> None:
                        counters={"starts": 1, "records": 9},
                        telemetry={"records_out": 9, "dropped_rate_limit": 2,
                                   "dropped_spool_full": 1})  # fmt: skip
-    m = rep.to_map()
+    m = rep.to_wire()
     assert m["tel.records_out"] == 9 and m["starts"] == 1 and m["fds"] == 7
-    assert PluginReport.from_map(m) == rep and rep.dropped == 3
+    assert PluginReport.from_wire(m) == rep and rep.dropped == 3
     hb = make_heartbeat(plugins={"loadgen": rep})
     assert decode_heartbeat(encode_heartbeat(hb)) == hb
     assert plugin_map(hb, "loadgen") == m and plugin_map(hb, "nope") == {} == plugin_map(None, "x")
@@ -914,16 +916,16 @@ def test_breaker_and_output_reports_round_trip_and_refuse_garbage() -> None:
     br = BreakerReport("tripped", 3.5, reason="memory", level=3, resource="memory",
                        held=("*",), hold_all=True,
                        denylist={"drill": DenylistEntry(100.0, 60, "leak")}, strikes=1,
-                       accounting_mode="cgroup-v1", accounting_detail="x",
+                       accounting=AccountingReport("cgroup-v1", "x"),
                        limits_error="e")  # fmt: skip
     out = OutputReport({"published": 3}, 1, "")
     hb = make_heartbeat(breaker=br, outputs={"inventory": out})
     back = decode_heartbeat(encode_heartbeat(hb))
     assert back.breaker == br and back.outputs == {"inventory": out}
-    assert br.to_map()["accounting"] == {"mode": "cgroup-v1", "detail": "x"}
+    assert br.to_wire()["accounting"] == {"mode": "cgroup-v1", "detail": "x"}
     assert decode_heartbeat(pack(hb_map(breaker={}))).breaker is None
-    for bad in ({"state": "normal"}, {**br.to_map(), "held": [1]},
-                {**br.to_map(), "denylist": {"d": "soon"}}):  # fmt: skip
+    for bad in ({"state": "normal"}, {**br.to_wire(), "held": [1]},
+                {**br.to_wire(), "denylist": {"d": "soon"}}):  # fmt: skip
         with pytest.raises(ProtocolError):
             decode_heartbeat(pack(hb_map(breaker=bad)))
     with pytest.raises(ProtocolError):
@@ -943,9 +945,9 @@ def test_host_facts_round_trip_ignores_unknown_keys_and_refuses_wrong_types() ->
         python="3.11",
         store_ok=False,
     )
-    assert HostFacts.from_map(facts.to_map()) == facts
-    assert "store_ok" not in HostFacts().to_map()
-    assert HostFacts.from_map({"os": "x", "newer_fact": [1]}) == HostFacts(os="x")
+    assert HostFacts.from_wire(facts.to_wire()) == facts
+    assert "store_ok" not in HostFacts().to_wire()
+    assert HostFacts.from_wire({"os": "x", "newer_fact": [1]}) == HostFacts(os="x")
     for bad in ({"cpus": "2"}, {"ips": [1]}, {"store_ok": 1}, {"boot_time": float("nan")}):
         with pytest.raises(ProtocolError):
-            HostFacts.from_map(bad)
+            HostFacts.from_wire(bad)

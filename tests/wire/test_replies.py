@@ -12,6 +12,7 @@ from hidsd.base.errors import ProtocolError
 from hidsd.base.storage import StorageReport, StorageStatus
 from hidsd.wire.commands import AckStatus, RunMode
 from hidsd.wire.heartbeat import (
+    AccountingReport,
     BreakerReport,
     ClockReport,
     ConfigRejection,
@@ -49,7 +50,7 @@ BEAT = Heartbeat(
                                      {"records": 9, "starts": 2}, {"dropped_queue": 1})},
     breaker=BreakerReport("tripped", 12.5, "memory", 2, "rss", ("procmon",), False,
                           {"fim": DenylistEntry(2000.0, 600, "crash loop")}, 3, 4, True,
-                          "cgroup-v1", "hierarchy", "limits not set"),
+                          AccountingReport("cgroup-v1", "hierarchy"), "limits not set"),
     storage=StorageReport(StorageStatus.FULL, "/var/lib/hidsd", "ENOSPC", 0,
                           {"statefile": "full"}, 5, 1, 20, 1024),
     clock=ClockReport(0.25, 1, 0, "expired"),
@@ -153,10 +154,26 @@ def broken(path: tuple[Any, ...], value: Any = KeyError) -> dict[str, Any]:
         (("agents", 0, "mode"), "paused", "'paused' is not one of running"),
         (("agents", 0, "applied_rev"), "7", r"applied_rev: expected a whole number, got str"),
         (("agents", 0, "groups"), [1], r"groups\[0\]: expected text"),
-        (("agents", 0, "facts"), {"cpus": "2"}, "heartbeat.facts: field 'cpus'"),
-        (("agents", 0, "plugins", "procmon", "state"), 1, "heartbeat.plugins: field 'state'"),
-        (("agents", 0, "breaker", "since_s"), "x", "heartbeat.breaker: field 'since_s'"),
-        (("agents", 0, "storage", "status"), "melted", "heartbeat.storage"),
+        (
+            ("agents", 0, "facts"),
+            {"cpus": "2"},
+            r"agents\[0\]\.facts\.cpus: expected a whole number",
+        ),
+        (
+            ("agents", 0, "plugins", "procmon", "state"),
+            1,
+            r"agents\[0\]\.plugins\.procmon\.state: expected text",
+        ),
+        (
+            ("agents", 0, "breaker", "since_s"),
+            "x",
+            r"agents\[0\]\.breaker\.since_s: expected a number",
+        ),
+        (
+            ("agents", 0, "storage", "status"),
+            "melted",
+            r"agents\[0\]\.storage\.status: 'melted' is not one of",
+        ),
         (("agents", 0, "clock"), KeyError, r"agents\[0\]: missing field 'clock'"),
         (("agents", 1, "converged"), "yes", r"agents\[1\]\.converged: expected true or false"),
         (("agents", 1, "last_seen"), None, r"agents\[1\]\.last_seen: expected a number"),
