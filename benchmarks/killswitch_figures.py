@@ -37,7 +37,9 @@ NOTES = (
     "(M = every agent, none with --no-watch) instead of extra ones, issue_command asks a real "
     "controller (presence from heartbeats) instead of a stub, and the StateFile save-cost "
     "probe is gone. floor_ms is the median of {floor_rounds} rounds with all N connections "
-    "(floor.online_only: the connections of the kill switch); the kill switch is one shot."
+    "(floor.online_only: the connections of the kill switch); the kill switch is one shot. "
+    "issue_command's first_ack_ms and elapsed_ms are its own (from its publish, after its etcd "
+    "record); its expected set is what the controller, started for that phase, heard heartbeat."
 )
 
 
