@@ -56,6 +56,12 @@ class TimeRefusal(CommandRejected):
         self.command = command
 
 
+#: an ack's `detail` when the agent applied a desired state it read from etcd (a resync or its
+#: watch), and when a broadcast repeats what it already applied (etcd's copy came first):
+#: how an issuer tells which path reached a host first
+DETAIL_CONVERGED = "converged from etcd"
+DETAIL_ALREADY_APPLIED = "already applied"
+
 #: Replay cache bound. Past it the oldest ids go; revision ordering still refuses replays.
 REPLAY_CACHE_SIZE = 4096
 
@@ -239,7 +245,7 @@ class ControlPolicy:
                 new, AckStatus.APPLIED, cmd.id, 0, "emergency stop held (not in etcd)"
             )
         if cmd.rev == s.applied_rev and cmd.id == s.applied_cmd:
-            return Decision(s, False, AckStatus.APPLIED, cmd.id, cmd.rev, "already applied")
+            return Decision(s, False, AckStatus.APPLIED, cmd.id, cmd.rev, DETAIL_ALREADY_APPLIED)
         if cmd.rev <= s.applied_rev or (s.held and cmd.issued_at < s.held_issued_at):
             self.rejections[RejectReason.STALE_REVISION] += 1
             return Decision(
@@ -281,9 +287,7 @@ class ControlPolicy:
         new = ControlState(
             mode=desired_mode(cmd.kind), applied_rev=best.mod_revision, applied_cmd=cmd.id
         )
-        return self._decide(
-            new, AckStatus.APPLIED, cmd.id, best.mod_revision, "converged from etcd"
-        )
+        return self._decide(new, AckStatus.APPLIED, cmd.id, best.mod_revision, DETAIL_CONVERGED)
 
     def _decide(
         self, new: ControlState, status: AckStatus, cmd_id: str, rev: int, detail: str = ""

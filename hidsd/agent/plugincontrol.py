@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from hidsd.agent.control import ControlPolicy, Decision
+from hidsd.agent.control import DETAIL_ALREADY_APPLIED, DETAIL_CONVERGED, ControlPolicy, Decision
 from hidsd.agent.follow import Follower
 from hidsd.base.errors import CommandRejected, ProtocolError
 from hidsd.bus.store import KV, WatchEvent
@@ -44,7 +44,7 @@ class PluginControl:
         rev, cmd_id, _ = self.applied.get(name, (0, "", True))
         if cmd.rev == rev and cmd.id == cmd_id:
             return Decision(
-                state, False, AckStatus.APPLIED, cmd.id, cmd.rev, "already applied"
+                state, False, AckStatus.APPLIED, cmd.id, cmd.rev, DETAIL_ALREADY_APPLIED
             ), False
         if cmd.rev <= rev:
             self.policy.rejections["stale_revision"] += 1
@@ -69,7 +69,7 @@ class PluginControl:
             if rev > self.applied.get(name, (0, "", True))[0]:
                 self.applied[name] = (rev, cmd.id, cmd.kind is CommandKind.PLUGIN_START)
                 out.append(Decision(self.policy.state, True, AckStatus.APPLIED, cmd.id, rev,
-                                    f"{name}: converged from etcd"))  # fmt: skip
+                                    f"{name}: {DETAIL_CONVERGED}"))  # fmt: skip
         return out
 
 

@@ -10,6 +10,8 @@ import msgpack
 import pytest
 
 from hidsd.agent.control import (
+    DETAIL_ALREADY_APPLIED,
+    DETAIL_CONVERGED,
     REPLAY_CACHE_SIZE,
     ControlPolicy,
     ControlState,
@@ -170,10 +172,10 @@ def test_store_applied_then_bus_same_rev_and_id_is_already_applied() -> None:
     first = p.apply_desired([record(cmd(CommandKind.STOP, rev=0, cmd_id=c.id), 12)])
     assert first is not None
     assert first.changed
-    assert first.detail == "converged from etcd"
+    assert first.detail == DETAIL_CONVERGED == "converged from etcd"
     d = p.apply_command(p.accept(sign(c), now=NOW))
     assert d.ack_status is AckStatus.APPLIED
-    assert d.detail == "already applied"
+    assert d.detail == DETAIL_ALREADY_APPLIED == "already applied"
     assert not d.changed
     assert d.rev == 12
     assert p.counters()[RejectReason.STALE_REVISION] == 0
