@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.fleet import FleetSpec, SimFleet, shared_store
+from harness.fleet import FleetSpec, SimFleet, serve_fleet
 from harness.report import ms, rss_mb
-from harness.workers import Op, serve, worker_main
+from harness.workers import Op, worker_main
 
 from hidsd.agent.app import Agent
 from hidsd.agent.follow import FollowStore
@@ -191,11 +191,7 @@ async def run(cfg: dict[str, Any]) -> None:
         data_root=Path(cfg["data_root"]), host_prefix=HOST_PREFIX,
         heartbeat_s=float(cfg["heartbeat_s"]), resync_s=float(cfg["resync_s"]),
     )  # fmt: skip
-    indexes = range(int(cfg["first"]), int(cfg["first"]) + int(cfg["count"]))
-    async with shared_store(spec.etcd_endpoints) as store:
-        fleet = SimFleet.build(spec, indexes, groups_of, store, int(cfg["connect_batch"]))
-        part = Slice(cfg, fleet)
-        await serve(cfg, part.setup, part.ops(), part.close)
+    await serve_fleet(cfg, spec, groups_of, Slice)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.fleet import FleetSpec, SimAgent, SimFleet, shared_store
+from harness.fleet import FleetSpec, SimAgent, SimFleet, serve_fleet
 from harness.report import rss_mb
-from harness.workers import Op, serve, worker_main
+from harness.workers import Op, worker_main
 from nats.aio.msg import Msg
 
 from hidsd.agent.app import Agent
@@ -124,11 +124,7 @@ async def run(cfg: dict[str, Any]) -> None:
         trusted_keys=(cfg["trusted_key"],), data_root=Path(cfg["data_root"]),
         host_prefix=HOST_PREFIX, heartbeat_s=float(cfg["heartbeat_s"]), watch=bool(cfg["watch"]),
     )  # fmt: skip
-    indexes = range(int(cfg["first"]), int(cfg["first"]) + int(cfg["count"]))
-    async with shared_store(spec.etcd_endpoints) as store:
-        fleet = SimFleet.build(spec, indexes, groups_of, store, int(cfg["connect_batch"]))
-        part = Slice(cfg, fleet)
-        await serve(cfg, part.setup, part.ops(), part.close)
+    await serve_fleet(cfg, spec, groups_of, Slice)
 
 
 if __name__ == "__main__":

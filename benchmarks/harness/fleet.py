@@ -28,16 +28,17 @@ import gc
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hidsd.agent.app import Agent
 from hidsd.agent.settings import AgentSettings, EtcdSettings, NatsSettings
 from hidsd.bus.store import Store
 
 from .report import bounded_gather, maxrss_mb, rss_mb
+from .workers import Op, serve
 
 
 @dataclass(frozen=True)
@@ -213,3 +214,27 @@ def tmpfs() -> Path | None:
     """/dev/shm when writable: N agents' data dirs would be on N disks, not on this one."""
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+class Slice(Protocol):
+    """A worker's part of a benchmark: its setup in the worker's TaskGroup, its operations
+    (`harness.workers.serve`'s table) and its close."""
+
+    def setup(self, tg: asyncio.TaskGroup) -> Awaitable[dict[str, Any]]: ...
+    def ops(self) -> Mapping[str, Op]: ...
+    def close(self) -> Awaitable[None]: ...
+
+
+async def serve_fleet(
+    cfg: dict[str, Any],
+    spec: FleetSpec,
+    groups_of: Callable[[int], tuple[str, ...]],
+    make_slice: Callable[[dict[str, Any], SimFleet], Slice],
+) -> None:
+    """A fleet worker's life: its agents (`cfg` first/count/connect_batch) on one etcd channel,
+    served as `make_slice` says until the coordinator says exit."""
+    indexes = range(int(cfg["first"]), int(cfg["first"]) + int(cfg["count"]))
+    async with shared_store(spec.etcd_endpoints) as store:
+        fleet = SimFleet.build(spec, indexes, groups_of, store, int(cfg["connect_batch"]))
+        part = make_slice(cfg, fleet)
+        await serve(cfg, part.setup, part.ops(), part.close)
