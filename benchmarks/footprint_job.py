@@ -1,6 +1,6 @@
 """The business job of `benchmarks/footprint.py`: a fixed amount of pure-Python CPU work.
 
-Run as a script (`python -S _footprint_business.py MILLIONS`), it does MILLIONS million
+Run as a script (`python -S footprint_job.py MILLIONS`), it does MILLIONS million
 iterations of an arithmetic loop and exits. `run_job` starts `procs` of those at once, one per
 core, each with PR_SET_PDEATHSIG (so nothing outlives the benchmark), and returns the wall time
 until the last one finished and the CPU time they used.
