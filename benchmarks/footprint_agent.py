@@ -371,6 +371,5 @@ def breaker_summary(hb: Heartbeat | None) -> dict[str, Any]:
     b = hb.breaker if hb is not None else None
     if b is None:
         return {"state": None, "accounting": None}
-    return {"state": b.state, "accounting": {"mode": b.accounting_mode,
-                                             "detail": b.accounting_detail},
+    return {"state": b.state, "accounting": b.accounting.to_wire(),
             **({"limits_error": b.limits_error} if b.limits_error else {})}  # fmt: skip
