@@ -91,6 +91,8 @@ class Pipeline:
         self._bucket = TokenBucket(self.limits.rate_per_s * self.rate_factor, self.limits.burst)
         self._wake = asyncio.Event()
         self._ready: deque[Batch] = deque()
+        #: frames whose `offer` was cancelled while waiting for queue space (counted, not queued)
+        self._stranded: list[bytes] = []
         self._space = asyncio.Event()
         self._carry: bytes | None = None
         self._parts: list[bytes] = []
@@ -120,7 +122,12 @@ class Pipeline:
             except asyncio.QueueFull:
                 self.counters["dropped_queue_full"] += 1
             return
-        await self._queue.put(frame)
+        try:
+            await self._queue.put(frame)
+        except asyncio.CancelledError:
+            # counted in frames_in: a stop must not lose it (save_unsent spools it)
+            self._stranded.append(frame)
+            raise
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -209,6 +216,12 @@ class Pipeline:
                 else:
                     self._ready.popleft()
                     self._space.set()
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # the publish swallowed our cancellation (wait_for on 3.11): honour it,
+                    # now that the stored batch has left `_ready` (save_unsent must not spool
+                    # it again, or it would be counted twice)
+                    raise asyncio.CancelledError
 
     async def _send(self, batch: Batch) -> bool:
         headers = frames.batch_headers(
@@ -227,12 +240,6 @@ class Pipeline:
             self.counters["publish_failures"] += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             return False
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # the publish swallowed our cancellation (wait_for on 3.11): honour it; the batch
-            # was stored, and a resend would be de-duplicated anyway
-            self.counters["records_out"] += batch.count
-            raise asyncio.CancelledError
         self.counters["records_out"] += batch.count
         self.counters["batches_out"] += 1
         return True
@@ -251,7 +258,8 @@ class Pipeline:
         """On stop: queued frames and ready batches go to the spool (sent when the plugin runs
         again), so stopping a plugin loses nothing silently; beyond the bound it is counted."""
         parts = list(self._parts) + ([self._carry] if self._carry is not None else [])
-        self._parts, self._carry = [], None
+        parts += self._stranded
+        self._parts, self._carry, self._stranded = [], None, []
         while True:
             try:
                 parts.append(self._queue.get_nowait())

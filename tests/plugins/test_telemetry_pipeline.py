@@ -108,6 +108,25 @@ async def test_cancel_swallowed_by_publish_still_stops_the_pipeline(tmp_path: Pa
     task.cancel()
     done, _ = await asyncio.wait([task], timeout=3)
     assert done, "pipeline kept running after cancel"
+    # the batch was stored: counted out once, and not spooled again by the stop
+    p.save_unsent()
+    assert p.counters["records_out"] == 1
+    assert p.stop_report["saved_to_spool"] == 0 and len(p.spool) == 0
+
+
+async def test_offer_cancelled_while_the_queue_is_full_loses_nothing(tmp_path: Path) -> None:
+    """`block`: a reader waiting for queue space when the plugin stops; its frame was counted
+    in frames_in, so the stop spools it with the rest."""
+    p = _pipeline(tmp_path, None, policy="block", queue_max_records=2)
+    for i in range(2):
+        await p.offer(_frame(i))
+    blocked = asyncio.create_task(p.offer(_frame(2)))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()
+    blocked.cancel()
+    await asyncio.wait([blocked])
+    p.save_unsent()
+    assert p.counters["frames_in"] == 3 and p.stop_report["saved_to_spool"] == 3
 
 
 async def test_latest_publisher_keeps_only_the_newest_and_retries() -> None:
