@@ -55,7 +55,7 @@ from typing import Any
 from controller_scale_figures import Sample, cost_model, decode_cost, print_summary, summarize
 from controller_scale_worker import CTL_SUBJECT, encode_applied, host_id, unused
 from harness.agentreports import HostKit
-from harness.controllers import ControllerSet, wait_for_quiet
+from harness.controllers import ControllerSet, quiet_options, wait_for_quiet
 from harness.fleet import tmpfs
 from harness.procs import CpuMeter, process_cpu_s
 from harness.report import (
@@ -184,8 +184,8 @@ class Run:
                 "did_not_answer": sum(1 for r in rows if r.stats is None)}  # fmt: skip
 
     def loss_events(self) -> dict[str, dict[str, int]]:
-        return {name: {e.split(":", 1)[1]: v for e, v in log["events"].items()
-                       if e.split(":", 1)[1] in LOSS_EVENTS}
+        return {name: {e.split(":", 1)[-1]: v for e, v in log.items()
+                       if e.split(":", 1)[-1] in LOSS_EVENTS}
                 for name, log in self.ctl.logs().items()}  # fmt: skip
 
     async def measure(self, phase: str, rate: float) -> dict[str, Any]:
@@ -354,9 +354,7 @@ OPTIONS: list[Option] = [
     ("--high-mb", float, 4.0, "pause the load when a controller has this much pending"),
     ("--low-mb", float, 1.0, "resume below this"),
     ("--poll-s", float, 0.025, "how often the controllers' pending bytes are read"),
-    ("--quiet-pct", float, 25.0, "a phase during which other processes used more CPU than "
-     "this (%% of one core) is run again"),
-    ("--budget-s", float, 540.0, "phases that would end later than this are cut"),
+    *quiet_options("phase"),
 ]  # fmt: skip
 
 
@@ -364,7 +362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_common_args(p, RESULTS / "controller_scale.json")
     p.add_argument("--controllers", help="K values, comma-separated (1,2,3; 1,2 with --quick)")
-    p.add_argument("--seconds", type=float, help="load per phase (default 10; 3 with --quick)")
+    p.add_argument("--seconds", type=float, help="load per phase (default 10; 4 with --quick)")
     p.add_argument("--hosts", type=int, help="simulated hosts (default 10,000; 500 --quick)")
     p.add_argument("--paced-rate", type=float,
                    help="offered msgs/s of the paced phase, below saturation: the CPU cost of a "
@@ -372,14 +370,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tries", type=int, help="runs of a phase at most (default 3; 1 --quick)")
     p.add_argument("--quiet-wait-s", type=float,
                    help="before a phase, wait at most this long for other work to stop "
-                   "(default 60; 0 with --quick)")  # fmt: skip
+                   "(default 20; 0 with --quick)")  # fmt: skip
     add_options(p, OPTIONS)
     p.add_argument("--data-dir", type=Path, default=tmpfs(),
                    help="where the generators' data dirs go (default /dev/shm)")  # fmt: skip
     args = p.parse_args(argv)
     quick_defaults(args, {"controllers": "1,2,3", "seconds": 10.0, "hosts": 10_000,
-                          "paced_rate": 2000.0, "max_tries": 3, "quiet_wait_s": 60.0},
-                   {"controllers": "1,2", "seconds": 3.0, "hosts": 500, "paced_rate": 1000.0,
+                          "paced_rate": 2000.0, "max_tries": 3, "quiet_wait_s": 20.0},
+                   {"controllers": "1,2", "seconds": 4.0, "hosts": 500, "paced_rate": 1000.0,
                     "max_tries": 1, "quiet_wait_s": 0.0})  # fmt: skip
     try:
         args.controllers = [int(x) for x in str(args.controllers).split(",") if x.strip()]

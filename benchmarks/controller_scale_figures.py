@@ -15,10 +15,6 @@ from hidsd.wire.heartbeat import PluginReport, decode_heartbeat
 from hidsd.wire.status import StatsShare
 
 
-def r2(x: float | None) -> float | None:
-    return None if x is None else round(x, 2)
-
-
 @dataclass
 class Sample:
     """Every controller's own stats (`ctlpeer.<id>.stats`) at `t` seconds into the load,

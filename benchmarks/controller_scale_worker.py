@@ -126,8 +126,10 @@ class Generator:
         t0 = time.time()
         hb = ack = unflushed = 0
         paused_s = 0.0
+        # paced: bursts of ~10 ms of the rate, so a 1 s sample sees the rate, not bursts
+        burst = check_every if rate <= 0 else max(1, min(check_every, int(rate / 100)))
         while (now := time.time()) < stop_at:
-            for _ in range(check_every):
+            for _ in range(burst):
                 i = self.sent % n
                 await bus.publish(self.hb_subjects[i], self.heartbeat(i, now))
                 self.sent += 1

@@ -49,8 +49,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from fleet_query_figures import print_summary, r2, summarize_queries
 from fleet_query_queries import Query, queries
-from harness.controllers import ControllerSet, MachineShare, wait_for_quiet
+from harness.controllers import ControllerSet, MachineShare, quiet_options, wait_for_quiet
 from harness.fleet import tmpfs
 from harness.heartbeats import HeartbeatLog
 from harness.procs import CpuMeter, log_events
@@ -61,10 +62,8 @@ from harness.report import (
     Option,
     add_common_args,
     add_options,
-    fmt,
     pack,
     percentile,
-    print_rows,
     quick_defaults,
     raise_nofile_limit,
     run_benchmark,
@@ -105,10 +104,6 @@ NOTES = (
     "reply_bytes = the reply as the controller encodes it (zlib over 64 kB), "
     "reply_result_bytes = the answer's msgpack size."
 )
-
-
-def r2(x: float | None) -> float | None:
-    return None if x is None else round(x, 2)
 
 
 class Bench:
@@ -207,27 +202,6 @@ class Bench:
                 "note": "from process start (imports, connect, stream subscribe included) to "
                         "the index holding all N hosts, polled every 0.5 s, while the other "
                         "controllers and the heartbeats keep running"}  # fmt: skip
-
-
-def summarize_queries(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by: dict[str, list[dict[str, Any]]] = {}
-    for r in results:
-        by.setdefault(r["name"], []).append(r)
-    out = []
-    for name, rs in by.items():
-        ok = [r for r in rs if r["ok"]]
-        lat = [r["latency_ms"] for r in ok]
-        last = ok[-1] if ok else rs[-1]
-        out.append({"name": name, "runs": len(rs), "failed": len(rs) - len(ok),
-                    "ranges": last.get("ranges"), "p50_ms": r2(statistics.median(lat)) if lat
-                    else None, "max_ms": r2(max(lat)) if lat else None,
-                    "controller_elapsed_ms_p50": r2(statistics.median(
-                        [r["controller_elapsed_ms"] for r in ok])) if ok else None,
-                    **{k: last.get(k) for k in ("reply_bytes", "reply_result_bytes", "counts",
-                                                "counters", "shards")},
-                    "complete": len(ok) == len(rs) and all(r["complete"] for r in ok),
-                    "error": None if ok else last.get("error")})  # fmt: skip
-    return out
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -391,36 +365,6 @@ async def measure(args: argparse.Namespace, st: Stack, ctl: ControllerSet, pool:
     }  # fmt: skip
 
 
-def print_summary(r: dict[str, Any]) -> None:
-    idx, m = r["index"], r["machine_during_queries"]
-    rows = [
-        ("agents (N)", fmt(r["agents"], "")), ("controllers (K)", fmt(r["controllers"], "")),
-        (f"answered ({r['first_query']})", fmt(r["answered"], "")),
-        (f"  of which offline ({r['offline_agents']} offline)", fmt(r["offline_answered"], "")),
-        ("matched", fmt(r["matched"], "")),
-        ("all queries complete", "yes" if r["complete"] else "NO"),
-        (f"p50 latency ({r['queries']} queries)", fmt(r["p50_ms"])),
-        ("p99 latency", fmt(r["p99_ms"])),
-        ("controller-side p50", fmt(r["latency_ms"]["controller_elapsed_p50"])),
-        ("hidsctl path p50 (connect + query)", fmt(r["hidsctl_path"]["p50_ms"])),
-        ("index build, live (all controllers)", fmt(idx["live_build_s"], "s")),
-        ("index rebuild, one new controller", fmt(idx["cold_rebuild"].get("index_complete_s"),
-                                                   "s")),
-        ("heartbeat bytes", fmt(r["heartbeat"]["bytes"], "")),
-        ("machine during queries: busy / other", f"{m['busy_pct']:.0f}% / "
-                                                 f"{m['foreign_cpu_pct']:.0f}% CPU"),
-    ]  # fmt: skip
-    print_rows(f"hidsd fleet query, N={r['agents']}, K={r['controllers']}", rows, r["quick"])
-    print(f"{'query':<32} {'ranges':>6} {'p50 ms':>9} {'max ms':>9} {'matched':>8} "
-          f"{'answered':>8} {'reply kB':>9}")  # fmt: skip
-    for q in r["by_query"]:
-        c = q["counts"] or {}
-        print(f"{q['name']:<32} {q['ranges'] or '-':>6} {fmt(q['p50_ms'], ''):>9} "
-              f"{fmt(q['max_ms'], ''):>9} {c.get('matched', '-'):>8} {c.get('answered', '-'):>8} "
-              f"{(q['reply_bytes'] or 0) / 1000:>9.0f}"
-              + (f"  FAILED: {q['error']}" if q["error"] else ""))  # fmt: skip
-
-
 OPTIONS: list[Option] = [
     ("--controllers", int, 2, "controllers K"),
     ("--workers", int, 2, "worker processes simulating the hosts"),
@@ -431,9 +375,7 @@ OPTIONS: list[Option] = [
     ("--timeout-s", float, 30.0, "seconds to wait for a query's reply (as hidsctl)"),
     ("--pause-s", float, 0.2, "pause between queries"),
     ("--seed", int, 7, "the fleet's package sets"),
-    ("--quiet-pct", float, 25.0, "a query round during which other processes used more CPU "
-     "than this (%% of one core) is run again"),
-    ("--budget-s", float, 540.0, "phases that would end later than this are cut"),
+    *quiet_options("query round"),
 ]  # fmt: skip
 
 
@@ -445,13 +387,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-rounds", type=int, help="query rounds at most (default 3; 1 --quick)")
     p.add_argument("--quiet-wait-s", type=float,
                    help="before a phase, wait at most this long for other work to stop "
-                   "(default 60; 0 with --quick)")  # fmt: skip
+                   "(default 30; 0 with --quick)")  # fmt: skip
     add_options(p, OPTIONS)
     p.add_argument("--no-rebuild", action="store_true", help="skip the cold-rebuild phase")
     p.add_argument("--data-dir", type=Path, default=tmpfs(),
                    help="where the workers' data dirs go (default /dev/shm)")  # fmt: skip
     args = p.parse_args(argv)
-    full = {"agents": 10_000, "queries": 30, "max_rounds": 3, "quiet_wait_s": 60.0}
+    full = {"agents": 10_000, "queries": 30, "max_rounds": 3, "quiet_wait_s": 30.0}
     quick_defaults(args, full, {"agents": 200, "queries": 14, "max_rounds": 1, "quiet_wait_s": 0.0})
     if min(args.agents, args.controllers, args.queries, args.workers, args.max_rounds) < 1:
         p.error("--agents, --controllers, --queries, --workers, --max-rounds must be >= 1")

@@ -11,13 +11,10 @@ under load a member can take longer than the scatter waits for it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +28,8 @@ from hidsd.wire.rpc import Verb, encode_request
 from hidsd.wire.status import StatsShare
 from hidsd.wire.verbs import CONTROLLERS, PEER_STATS
 
-from .procs import CpuMeter, process_cpu_s
-from .report import ROOT, BenchError, machine_busy_s
+from .procs import CpuMeter, log_events, process_cpu_s
+from .report import ROOT, BenchError, Option, machine_busy_s
 from .stack import Stack
 
 
@@ -59,21 +56,17 @@ class Controller:
         return round(pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20), 1)
 
 
-def log_summary(path: Path) -> dict[str, Any]:
-    """Warnings and errors a controller logged (JSON lines) by level:event; other lines."""
-    events: Counter[str] = Counter()
-    other: list[str] = []
-    with contextlib.suppress(OSError), open(path, errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                if line.strip():
-                    other.append(line.rstrip()[:300])
-                continue
-            if isinstance(rec, dict) and rec.get("level") in ("warning", "error", "critical"):
-                events[f"{rec.get('level')}:{rec.get('event')}"] += 1
-    return {"events": dict(events), "other_lines": len(other), "other_head": other[:12]}
+def log_summary(path: Path) -> dict[str, int]:
+    """What a controller logged above info (JSON lines by level:event, other lines by start)."""
+    return {k: v for k, v in log_events([path]).items() if not k.startswith(("info:", "debug:"))}
+
+
+def quiet_options(what: str) -> list[Option]:
+    """The options of a benchmark that runs a `what` again when other work disturbed it."""
+    return [("--quiet-pct", float, 25.0, f"a {what} during which other processes used more "
+             "CPU than this (%% of one core) is run again"),
+            ("--budget-s", float, 540.0,
+             "phases that would end later than this are cut")]  # fmt: skip
 
 
 @dataclass
@@ -122,7 +115,7 @@ class ControllerSet:
     def pids(self) -> dict[str, int]:
         return {c.name: c.pid for c in self.running}
 
-    def logs(self) -> dict[str, dict[str, Any]]:
+    def logs(self) -> dict[str, dict[str, int]]:
         return {c.name: log_summary(c.log) for c in self.running + self.stopped}
 
     async def ask(self, verb: Verb[Any], params: dict[str, Any] | None = None,
