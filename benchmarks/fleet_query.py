@@ -5,6 +5,7 @@ Usage::
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/fleet_query.py [--agents 10000]
         [--controllers 2] [--queries 30] [--quick]
+    # the 1,000-host figures: --agents 1000 --out benchmarks/results/fleet_query_1k.json
 
 A local stack (`harness.stack`: nats-server with JetStream, one etcd member), K real
 controller processes (`harness.controllers`: `python -m hidsd.controller.main`) and
