@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -33,6 +33,7 @@ from hidsd.wire.fields import Plain
 from hidsd.wire.fleetquery import QueryRequest, QueryResult, range_to_wire
 from hidsd.wire.ranges import AffectedRange
 from hidsd.wire.replies import Liveness
+from hidsd.wire.rpc import encode_request
 from hidsd.wire.status import NO_ANSWER
 from hidsd.wire.verbs import CONTROLLERS, ENDPOINTS, QUERY
 
@@ -49,11 +50,23 @@ MaxAgeOpt = Annotated[
 TimeoutOpt = Annotated[float, typer.Option(help="seconds to wait for the answer")]
 
 
+async def query(
+    s: CtlSettings, ranges: Sequence[AffectedRange], max_age: float, timeout: float,
+    bus: Any = None,
+) -> QueryResult:  # fmt: skip
+    """What `hidsctl query` asks the controllers: over a new connection, as one run does, or
+    over `bus` (connected, left open: many queries, one connection)."""
+    params = QueryRequest(tuple(ranges), max_age).to_params()
+    if bus is None:
+        return await ask(s, QUERY, params, timeout_s=timeout)
+    return QUERY.decode(await bus.request(s.subjects.ctl(QUERY.name), encode_request(params),
+                                          timeout))  # fmt: skip
+
+
 def _query(
     s: CtlSettings, ranges: Sequence[AffectedRange], max_age: float, timeout: float
 ) -> QueryResult:
-    params = QueryRequest(tuple(ranges), max_age).to_params()
-    return run_sync(lambda: ask(s, QUERY, params, timeout_s=timeout))
+    return run_sync(lambda: query(s, ranges, max_age, timeout))
 
 
 def _age(seconds: float | None) -> str:

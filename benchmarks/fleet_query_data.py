@@ -1,9 +1,9 @@
-"""Synthetic but realistic fleet data for `fleet_query.py` and `controller_scale.py`.
+"""Synthetic but realistic package sets for `fleet_query.py`, determined by a seed.
 
 A fleet's package sets are not random: hosts of one OS release run mostly the same packages
 at the same versions (one mirror, one patch cycle), a few hosts lag behind on some packages,
-and a few lag on many (unpatched for months). This module builds such a fleet, determined by
-a seed, without storing any data:
+and a few lag on many (unpatched for months). This module builds such a fleet without
+storing any data:
 
 * five OS groups (Debian 12 and 11, Ubuntu 22.04, RHEL 9 with rpm, Alpine 3.18 with apk),
   each with its package universe: real packages that advisories name (openssl, curl, glibc,
@@ -13,40 +13,20 @@ a seed, without storing any data:
 * per host: the group's base set (identical on every host of the group) plus extras, 1,000 to
   1,500 packages in all; 65 % of hosts fully patched, 28 % lagging on 1-8 source packages,
   7 % on 40-150 (one to three versions behind);
-* the PACKAGES_STATE record exactly as `hidsd.plugins.builtin.inventory.Inventory.report_state`
-  builds it (rows [eco, name, version, arch, source, source_version], sorted, msgpack, zlib
-  level 6; rpm source versions come from the source rpm's file name, without the epoch, as
-  `parse_rpm_output` reports them), framed as the plugin SDK frames it;
-* a heartbeat shaped like a real agent's (`HeartbeatService.build`: facts, config report,
-  four plugins' supervisor stats, breaker report, inventory output stats), about 1.5 KB;
-* the benchmark's queries: vers ranges for deb, rpm and apk, and OSV advisories (JSON as
-  osv.dev serves it) with several ranges, parsed by `hidsd.wire.ranges` like hidsctl does;
-* `code_state`: which controller code a result was measured with.
+* each package as the inventory plugin's item (ecosystem, name, version, architecture,
+  source, source_version; rpm source versions come from the source rpm's file name, without
+  the epoch, as `parse_rpm_output` reports them) and each group's os-release file: the
+  record itself is built by the plugin (`harness.agentreports.packages_state_frame`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import msgpack
-
-from hidsd import __version__
-from hidsd.plugins.supervisor import RUNNER_COUNTERS
-from hidsd.plugins.telemetry import PIPELINE_COUNTERS
-from hidsd.wire import frames
-from hidsd.wire.commands import RunMode
-from hidsd.wire.heartbeat import BreakerReport, ConfigReport, Heartbeat, OutputReport, PluginReport
-from hidsd.wire.records import DataType
-
-Row = list[str]  # [eco, name, version, arch, source, source_version]
+#: one installed package as the inventory plugin's sources report it
+Item = dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +37,20 @@ class OsGroup:
     eco: str
     weight: int  # percent of the fleet
     base: int  # packages every host of the group has
+    pretty: str = ""  # PRETTY_NAME, what the heartbeat's facts.os says
+
+    def os_release(self) -> str:
+        """The group's /etc/os-release (what the plugin reads ID and VERSION_ID from)."""
+        return f'PRETTY_NAME="{self.pretty}"\nID={self.os_id}\nVERSION_ID="{self.os_version}"\n'
 
 
 OS_GROUPS: tuple[OsGroup, ...] = (
-    OsGroup("debian-12", "debian", "12", "deb", 35, 900),
-    OsGroup("debian-11", "debian", "11", "deb", 15, 900),
-    OsGroup("ubuntu-22.04", "ubuntu", "22.04", "deb", 25, 900),
-    OsGroup("rhel-9", "rhel", "9.3", "rpm", 15, 850),
-    OsGroup("alpine-3.18", "alpine", "3.18.4", "apk", 10, 850),
+    OsGroup("debian-12", "debian", "12", "deb", 35, 900, "Debian GNU/Linux 12 (bookworm)"),
+    OsGroup("debian-11", "debian", "11", "deb", 15, 900, "Debian GNU/Linux 11 (bullseye)"),
+    OsGroup("ubuntu-22.04", "ubuntu", "22.04", "deb", 25, 900, "Ubuntu 22.04.4 LTS"),
+    OsGroup("rhel-9", "rhel", "9.3", "rpm", 15, 850, "Red Hat Enterprise Linux 9.3 (Plow)"),
+    OsGroup("alpine-3.18", "alpine", "3.18.4", "apk", 10, 850, "Alpine Linux v3.18"),
 )
-
 #: Real packages with real version histories (newest first), per OS group: source ->
 #: (binaries, versions). These are what the benchmark's queries ask about.
 CORE: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
@@ -342,11 +326,11 @@ class GroupCatalog:
     sources: list[Source]
     base: list[tuple[int, str]]  # (source index, binary) every host has
     extras: list[tuple[int, str]]  # what hosts pick their other packages from
-    #: source index -> version index -> rows of that source's binaries at that version
-    rows: dict[tuple[int, str, int], Row]
+    #: (source index, binary, version index) -> the package item
+    items: dict[tuple[int, str, int], Item]
 
-    def row(self, src: int, binary: str, vi: int) -> Row:
-        return self.rows[(src, binary, vi)]
+    def item(self, src: int, binary: str, vi: int) -> Item:
+        return self.items[(src, binary, vi)]
 
 
 def _arch(eco: str, binary: str) -> str:
@@ -378,20 +362,22 @@ def build_catalog(group: OsGroup) -> GroupCatalog:
     rnd.shuffle(rest)
     base = core + rest[: group.base - len(core)]
     extras = rest[group.base - len(core) :]
-    rows: dict[tuple[int, str, int], Row] = {}
+    items: dict[tuple[int, str, int], Item] = {}
     for i, s in enumerate(sources):
         for b in s.binaries:
             for vi, v in enumerate(s.versions):
                 src_v = _rpm_source_version(v) if group.eco == "rpm" else v
-                rows[(i, b, vi)] = [group.eco, b, v, _arch(group.eco, b), s.name, src_v]
-    return GroupCatalog(group, sources, base, extras, rows)
+                items[(i, b, vi)] = {"ecosystem": group.eco, "name": b, "version": v,
+                                     "architecture": _arch(group.eco, b), "source": s.name,
+                                     "source_version": src_v}  # fmt: skip
+    return GroupCatalog(group, sources, base, extras, items)
 
 
 @dataclass(frozen=True, slots=True)
 class HostInventory:
     host: str
     group: OsGroup
-    rows: list[Row]
+    packages: list[Item]
     lagging_sources: int
 
 
@@ -420,221 +406,5 @@ class Fleet:
             hist = len(cat.sources[s].versions)
             if hist > 1:
                 lag[s] = min(hist - 1, 1 if rnd.random() < 0.7 else rnd.randint(2, 3))
-        rows = sorted(cat.row(s, b, lag.get(s, 0)) for s, b in chosen)
-        return HostInventory(host, group, rows, len(lag))
-
-
-def packages_state_frame(inv: HostInventory, ts_ns: int | None = None) -> tuple[bytes, str]:
-    """(frame, digest) as the inventory plugin emits its PACKAGES_STATE record."""
-    blob = msgpack.packb(inv.rows, use_bin_type=True)
-    digest = hashlib.sha256(blob).hexdigest()[:16]
-    eco = inv.group.eco
-    record = {
-        "os_id": inv.group.os_id,
-        "os_version": inv.group.os_version,
-        "count": len(inv.rows),
-        "digest": digest,
-        "reason": "start",
-        "sources": {k: ("ok" if k == eco else "absent") for k in ("deb", "rpm", "apk")},
-        "packages_z": zlib.compress(blob, 6),
-    }
-    payload = msgpack.packb(record, use_bin_type=True)
-    ts = time.time_ns() if ts_ns is None else ts_ns
-    return frames.frame(DataType.PACKAGES_STATE, payload, ts), digest
-
-
-def inventory_headers(host: str, frame: bytes) -> dict[str, str]:
-    """The headers `LatestPublisher.run` publishes a PACKAGES_STATE frame with."""
-    digest = hashlib.sha256(frame[frames.HEADER_SIZE :]).hexdigest()[:16]
-    return {frames.H_HOST: host, frames.H_PLUGIN: "inventory",
-            frames.H_MSG_ID: f"{host}.inventory.{digest}"}  # fmt: skip
-
-
-# --------------------------------------------------------------------------- heartbeats
-
-PLUGINS = ("procmon", "inventory")  # what config/fleet.example.toml enables
-
-
-def _plugin_stats(rnd: random.Random, name: str) -> dict[str, Any]:
-    """`PluginRunner.stats()` of a running plugin, with plausible counts."""
-    records = rnd.randint(10, 500_000)
-    return {
-        "state": "running",
-        "pid": rnd.randint(1000, 4_000_000),
-        "cpu_pct": round(rnd.random() * 3, 2),
-        "rss_bytes": rnd.randint(20, 90) << 20,
-        "last_exit": None,
-        "nice": 10,
-        "rate_factor": 1.0,
-        **{k: 0 for k in RUNNER_COUNTERS},
-        "starts": 1,
-        "records": records,
-        **{f"tel.{k}": 0 for k in PIPELINE_COUNTERS},
-        "tel.frames_in": records,
-        "tel.batches": records // 50 + 1,
-        "tel.records_out": records,
-        "tel.batches_out": records // 50 + 1,
-        "tel.queued": 0,
-        "tel.ready_batches": 0,
-        "tel.spool_batches": 0,
-        "tel.spool_bytes": 0,
-        "tel.next_seq": records + 1,
-    }
-
-
-def agent_heartbeat(host: str, seq: int, interval_s: float, bye: bool = False,
-                    seed: int = 0) -> Heartbeat:  # fmt: skip
-    """A heartbeat with the maps a real agent fills (`HeartbeatService.build`)."""
-    rnd = random.Random(_seed(seed, "hb", host))
-    octets = [rnd.randint(1, 254) for _ in range(2)]
-    return Heartbeat(
-        host=host,
-        version=__version__,
-        groups=("bench", rnd.choice(["web", "db", "batch", "edge"])),
-        mode=RunMode.RUNNING,
-        applied_rev=rnd.randint(1, 5000),
-        held=False,
-        interval_s=interval_s,
-        seq=seq,
-        sent_at=time.time(),
-        uptime_s=round(rnd.uniform(60, 5e6), 3),
-        cpu_pct=round(rnd.random() * 2, 2),
-        rss_bytes=rnd.randint(40, 80) << 20,
-        facts={
-            "hostname": host,
-            "os": "Debian GNU/Linux 12 (bookworm)",
-            "os_id": "debian",
-            "kernel": "6.1.0-18-amd64",
-            "arch": "x86_64",
-            "ips": [f"10.{octets[0]}.{octets[1]}.{rnd.randint(1, 254)}", "fd00::1:2:3:4"],
-            "boot_time": 1.7e9 + rnd.randint(0, 10_000_000),
-            "cpus": rnd.choice([2, 4, 8, 16]),
-            "python": "3.11.2",
-            "store_ok": True,
-        },
-        rejections={"bus.dropped_slow_consumer": 0, "bus.reconnects": rnd.randint(0, 3)},
-        bye=bye,
-        config=ConfigReport({"fleet": 12, "group:bench": 3}, "9f2c1e0a7b3d4c55", "ok"),
-        plugins={p: PluginReport.from_map(_plugin_stats(rnd, p)) for p in PLUGINS},
-        breaker=BreakerReport("normal", 86400.0, accounting_mode="cgroup-v2",
-                              accounting_detail="hidsd.slice"),
-        outputs={"inventory": OutputReport({"offered": 3, "published": 3}, 0, "")},
-    )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- queries
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """One query as hidsctl would send it: a `package` range or an `advisory` file."""
-
-    name: str
-    kind: str  # "package" | "advisory"
-    package: str = ""
-    spec: str = ""
-    osv: str = ""  # the advisory's JSON text
-
-    def ranges(self) -> list[Any]:
-        """Parsed the way `hidsctl query package|advisory` parses them."""
-        from hidsd.wire.osv import parse_osv
-        from hidsd.wire.ranges import parse_vers
-
-        if self.kind == "package":
-            return [parse_vers(self.spec, self.package)]
-        adv = parse_osv(self.osv)
-        if adv.unsupported:
-            raise ValueError(f"{self.name}: unsupported parts {adv.unsupported}")
-        return list(adv.ranges)
-
-
-def _osv(adv_id: str, summary: str, aliases: list[str],
-         entries: list[tuple[str, str, list[dict[str, str]]]]) -> str:  # fmt: skip
-    """An OSV document: one affected entry per (ecosystem, package, events)."""
-    return json.dumps({
-        "schema_version": "1.6.0",
-        "id": adv_id,
-        "modified": "2024-04-18T08:11:52Z",
-        "published": "2024-04-17T00:00:00Z",
-        "aliases": aliases,
-        "summary": summary,
-        "affected": [
-            {"package": {"ecosystem": eco, "name": name},
-             "ranges": [{"type": "ECOSYSTEM", "events": events}]}
-            for eco, name, events in entries
-        ],
-        "references": [{"type": "ADVISORY", "url": f"https://osv.dev/vulnerability/{adv_id}"}],
-    })  # fmt: skip
-
-
-def _fixed(version: str) -> list[dict[str, str]]:
-    return [{"introduced": "0"}, {"fixed": version}]
-
-
-def queries() -> list[Query]:
-    """The query mix: the first is the typical one (a patched fleet's laggards)."""
-    openssl = _osv("BENCH-2024-0001", "openssl: laggards behind the last security update",
-                   ["CVE-2023-5678"], [
-        ("Debian:12", "openssl", _fixed("3.0.11-1~deb12u2")),
-        ("Debian:11", "openssl", _fixed("1.1.1w-0+deb11u1")),
-        ("Ubuntu:22.04:LTS", "openssl", _fixed("3.0.2-0ubuntu1.15")),
-        ("Red Hat:enterprise_linux:9::baseos", "openssl", _fixed("1:3.0.7-27.el9")),
-        ("Alpine:v3.18", "openssl", _fixed("3.1.4-r5")),
-    ])  # fmt: skip
-    ssh = _osv("BENCH-2024-0002", "openssh and curl: several releases, several fixes",
-               ["CVE-2023-48795"], [
-        ("Debian:12", "openssh", _fixed("1:9.2p1-2+deb12u2")),
-        ("Debian:11", "openssh", _fixed("1:8.4p1-5+deb11u3")),
-        ("Ubuntu:22.04:LTS", "openssh", _fixed("1:8.9p1-3ubuntu0.6")),
-        ("Red Hat:enterprise_linux:9::appstream", "openssh", _fixed("8.7p1-34.el9_3.3")),
-        ("Alpine:v3.18", "openssh", _fixed("9.3_p2-r1")),
-        ("Debian:12", "curl", _fixed("7.88.1-10+deb12u5")),
-        ("Debian:11", "curl", _fixed("7.74.0-1.3+deb11u11")),
-        ("Alpine:v3.18", "curl", _fixed("8.5.0-r0")),
-    ])  # fmt: skip
-    fresh = _osv("BENCH-2024-0003", "glibc: a new advisory, no host patched yet",
-                 ["CVE-2024-2961"], [
-        ("Debian:12", "glibc", _fixed("2.36-9+deb12u7")),
-        ("Debian:11", "glibc", _fixed("2.31-13+deb11u10")),
-        ("Ubuntu:22.04:LTS", "glibc", _fixed("2.35-0ubuntu3.7")),
-    ])  # fmt: skip
-    return [
-        Query("deb-curl-laggards", "package", "curl", "vers:deb/>=7.88.1-10|<7.88.1-10+deb12u5"),
-        Query("rpm-openssl", "package", "openssl", "vers:rpm/<1:3.0.7-27.el9"),
-        Query("apk-openssl", "package", "openssl", "vers:apk/<3.1.4-r5"),
-        Query("osv-openssl-5-ranges", "advisory", osv=openssl),
-        Query("deb-sudo", "package", "sudo", "vers:deb/<1.9.13p3-1+deb12u1"),
-        Query("osv-openssh-curl-8-ranges", "advisory", osv=ssh),
-        Query("osv-glibc-unpatched-3-ranges", "advisory", osv=fresh),
-    ]
-
-
-def host_indices(n: int) -> Iterator[int]:
-    yield from range(n)
-
-
-# --------------------------------------------------------------------------- provenance
-
-#: what a controller process runs: the code a result was measured with
-CODE_PATHS = ("controller", "hidsd/bus", "hidsd/query", "hidsd/plugins/frames.py")
-
-
-def code_state(root: Path) -> dict[str, Any]:
-    """The commit and a digest of the controller's code as it is on disk now (other people's
-    uncommitted edits included), so that a result names what it measured."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                             timeout=10, check=False)  # fmt: skip
-        return out.stdout.strip()
-
-    digest = hashlib.sha256()
-    for rel in CODE_PATHS:
-        p = root / rel
-        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
-            digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
-    dirty = git("status", "--porcelain", "--", *CODE_PATHS).splitlines()
-    return {"head": git("rev-parse", "--short", "HEAD"), "dirty": [d.split(None, 1)[-1]
-                                                                   for d in dirty],
-            "code_sha256": digest.hexdigest()[:16]}  # fmt: skip
+        items = [cat.item(s, b, lag.get(s, 0)) for s, b in chosen]
+        return HostInventory(host, group, items, len(lag))
