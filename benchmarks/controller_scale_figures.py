@@ -134,7 +134,7 @@ def cost_model(paced: list[dict[str, Any]]) -> dict[str, Any]:
 
 def decode_cost(heartbeat: bytes, rounds: int = 2000) -> dict[str, Any]:
     """What the controller's first step costs, measured here: `decode_heartbeat` of one
-    generated heartbeat, and the share of it in `PluginReport.from_map` (its plugin maps)."""
+    generated heartbeat, and the share of it in `PluginReport.from_wire` (its plugin maps)."""
     from hidsd.wire.codec import unpack
 
     t0 = time.perf_counter()
@@ -145,10 +145,10 @@ def decode_cost(heartbeat: bytes, rounds: int = 2000) -> dict[str, Any]:
     t0 = time.perf_counter()
     for _ in range(rounds):
         for m in plugins.values():
-            PluginReport.from_map(m)
+            PluginReport.from_wire(m)
     part = (time.perf_counter() - t0) / rounds
     return {"decode_heartbeat_us": round(total * 1e6, 1),
-            "plugin_report_from_map_us": round(part * 1e6, 1),
+            "plugin_report_from_wire_us": round(part * 1e6, 1),
             "plugin_share": round(part / total, 2) if total else None,
             "note": "in the coordinator's process, one heartbeat decoded again and again: a "
                     "floor for the controller's receive cost (it also applies and "
@@ -188,5 +188,5 @@ def print_summary(r: dict[str, Any]) -> None:
     m, d = r["cost_model"], r["decode_cost"]
     print(f"receive cost {m.get('recv_us', 'n/a')} us/msg (paced, K=1); forwarded copy "
           f"{m.get('forwarded_copy_us_mean', 'n/a')} us; decode_heartbeat here "
-          f"{d['decode_heartbeat_us']} us ({d['plugin_share']:.0%} in PluginReport.from_map); "
+          f"{d['decode_heartbeat_us']} us ({d['plugin_share']:.0%} in PluginReport.from_wire); "
           f"heartbeat {r['heartbeat_bytes']} B, ack {r['ack_bytes']} B")  # fmt: skip

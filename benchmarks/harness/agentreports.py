@@ -41,6 +41,7 @@ from hidsd.plugins.telemetry import LatestPublisher, Pipeline
 from hidsd.wire import frames
 from hidsd.wire.commands import RunMode
 from hidsd.wire.heartbeat import (
+    AccountingReport,
     BreakerReport,
     ClockReport,
     ConfigReport,
@@ -87,8 +88,8 @@ def breaker_report() -> BreakerReport:
     """A real breaker in its normal state, cgroup-v2 accounting (as `BreakerService.report`)."""
     now = time.monotonic()
     b = Breaker(BreakerConfig(), started=now - 86400.0)
-    return replace(b.report(now, time.time()), accounting_mode="cgroup-v2",
-                   accounting_detail="hidsd.slice")  # fmt: skip
+    return replace(b.report(now, time.time()),
+                   accounting=AccountingReport("cgroup-v2", "hidsd.slice"))  # fmt: skip
 
 
 def host_facts(base: HostFacts, host: str, os_name: str, os_id: str, index: int) -> HostFacts:
