@@ -55,9 +55,9 @@ from typing import Any
 from controller_scale_figures import Sample, cost_model, decode_cost, print_summary, summarize
 from controller_scale_worker import CTL_SUBJECT, encode_applied, host_id, unused
 from harness.agentreports import HostKit
-from harness.controllers import ControllerSet, quiet_options, wait_for_quiet
+from harness.controllers import ControllerSet, quiet_options
 from harness.fleet import tmpfs
-from harness.procs import CpuMeter, process_cpu_s
+from harness.procs import CpuMeter, process_cpu_s, wait_for_quiet
 from harness.report import (
     RESULTS,
     BenchError,

@@ -52,10 +52,10 @@ from typing import Any
 
 from fleet_query_figures import print_summary, r2, summarize_queries
 from fleet_query_queries import Query, queries
-from harness.controllers import ControllerSet, MachineShare, quiet_options, wait_for_quiet
+from harness.controllers import ControllerSet, quiet_options
 from harness.fleet import tmpfs
 from harness.heartbeats import HeartbeatLog
-from harness.procs import CpuMeter, log_events
+from harness.procs import CpuMeter, MachineShare, log_events, wait_for_quiet
 from harness.report import (
     RESULTS,
     BenchError,

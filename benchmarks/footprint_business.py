@@ -26,7 +26,8 @@ from typing import Any
 import psutil
 from footprint_agent import AgentProc, Host, breaker_summary, cpu_s
 from footprint_job import JobResult, run_job
-from harness.report import Budget, machine_busy_s, wait_quiet
+from harness.procs import CpuMeter, wait_for_quiet
+from harness.report import Budget, machine_busy_s
 
 CONDITIONS = ("alone", "agent_idle", "breaker", "no_breaker", "unprotected")
 DRILLS = ("breaker", "no_breaker", "unprotected")
@@ -173,9 +174,7 @@ class Business:
     budget: Budget
 
     async def run_one(self, cond: str) -> dict[str, Any]:
-        cores = os.cpu_count() or 1
-        await asyncio.to_thread(wait_quiet, self.max_other_pct / 100 / cores, 3.0,
-                                self.quiet_timeout_s)  # fmt: skip
+        await wait_for_quiet(CpuMeter({}), self.max_other_pct, self.quiet_timeout_s)
         if cond == "alone":
             await asyncio.sleep(SETTLE_BEFORE_JOB_S)
             return {"condition": cond, **await timed_job(self.work, None, drill=False)}

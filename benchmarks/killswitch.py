@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.acks import AckLog, ControllerProc
+from harness.acks import AckLog
+from harness.controllers import ControllerSet
 from harness.fleet import tmpfs
 from harness.procs import log_events
 from harness.report import (
@@ -203,10 +204,10 @@ class Bench:
 
     async def issue(self, hosts: set[str], kind: CommandKind) -> dict[str, Any]:
         """hidsctl's `issue_command` end to end, a real controller answering `expected`."""
-        ctl = ControllerProc(self.st.bus, self.st.nats_url, self.st.etcd_endpoints,
-                             self.st.workdir, self.subjects)  # fmt: skip
+        ctl = ControllerSet(self.st)
+        ctl.start("bench-controller")
         try:
-            seen, wait_s = await ctl.start(hosts, timeout=self.args.heartbeat_s * 2 + 20.0)
+            seen, wait_s = await ctl.wait_expected(hosts, timeout=self.args.heartbeat_s * 2 + 20.0)
             if seen < len(hosts):
                 warn(f"the controller saw {seen} of {len(hosts)} hosts online")
             acks = AckLog()
@@ -223,7 +224,8 @@ class Bench:
             )  # fmt: skip
             acks.bind(result.cmd_id)
         finally:
-            ctl_events = await ctl.stop()
+            ctl.stop_all()
+        ctl_events = ctl.logs()["bench-controller"]
         last_ms = None
         if arrivals and result.first_ack_ms is not None:
             last_ms = round(result.first_ack_ms + (arrivals[-1] - arrivals[0]) * 1000, 2)

@@ -5,37 +5,23 @@ A real agent can ack one command twice: issued through `hidsctl`, the desired st
 etcd before the broadcast leaves, so an agent that watches etcd often applies it from the
 watch ("converged from etcd") and then acks the broadcast too ("already applied"). The log
 keeps the first ack per host for the figures and counts the others by path.
-
-`ControllerProc`: a real controller process for a phase that needs one (hidsctl asks it which
-hosts should ack).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from hidsd.agent.control import DETAIL_ALREADY_APPLIED, DETAIL_CONVERGED
 from hidsd.base.errors import ProtocolError
-from hidsd.base.proc import with_pdeathsig
-from hidsd.bus.transport import Bus
-from hidsd.ctl.killswitch import fetch_expected
 from hidsd.wire.commands import Ack, AckStatus, decode_ack
-from hidsd.wire.names import FLEET_TARGET, Scope, Subjects
 
-from .procs import log_events
-from .report import BenchError, ms, percentile
+from .report import ms, percentile
 
 #: the paths an ack can report: the broadcast applied, a desired state read from etcd (watch
 #: or resync), the broadcast of something etcd's copy applied first, anything else
@@ -143,51 +129,3 @@ class AckLog:
             "unexpected_acks": len(self.applied.keys() - hosts),
             "duplicate_acks": sum(self.repeats.values()), "bad_acks": self.bad,
         }  # fmt: skip
-
-
-class ControllerProc:
-    """A real controller (`python -m hidsd.controller.main`) that answers who should ack
-    (`expected`, from its presence: the hosts it heard heartbeat), started for one phase."""
-
-    def __init__(self, bus: Bus, nats_url: str, etcd: Sequence[str], workdir: Path,
-                 subjects: Subjects) -> None:  # fmt: skip
-        self.bus = bus
-        self.argv = [sys.executable, "-m", "hidsd.controller.main", "--nats", nats_url,
-                     "--etcd", ",".join(etcd), "--name", "bench-controller",
-                     "--log-level", "warning", "--log-format", "json"]  # fmt: skip
-        self.log = workdir / "controller.log"
-        self.subjects = subjects
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self, hosts: set[str], timeout: float) -> tuple[int, float]:
-        """Spawn it and wait until its `expected` lists every host online (or `timeout`);
-        returns how many of `hosts` it saw online and the seconds waited."""
-        self.proc = self._spawn()
-        t0 = time.monotonic()
-        seen = 0
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-3000:]
-                raise BenchError(f"the controller exited with {self.proc.returncode}:\n{tail}")
-            got = await fetch_expected(self.bus, self.subjects, Scope.FLEET, FLEET_TARGET, 1.0)
-            seen = len(hosts.intersection(got.online)) if got is not None else 0
-            if seen >= len(hosts):
-                break
-            await asyncio.sleep(0.5)
-        return seen, round(time.monotonic() - t0, 2)
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        with open(self.log, "ab") as out:
-            return subprocess.Popen(with_pdeathsig(self.argv, os.getpid()), stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
-
-    async def stop(self) -> dict[str, int]:
-        """SIGTERM (SIGKILL after 10 s); what it logged, by level and event."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self.proc.wait, 10.0)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return log_events([self.log])

@@ -22,14 +22,15 @@ from typing import Any
 from hidsd.base.errors import HidsError
 from hidsd.base.proc import with_pdeathsig
 from hidsd.bus.transport import Bus
+from hidsd.ctl.killswitch import fetch_expected
 from hidsd.dev.devstack import stop_process
-from hidsd.wire.names import Subjects
+from hidsd.wire.names import FLEET_TARGET, Scope, Subjects
 from hidsd.wire.rpc import Verb, encode_request
 from hidsd.wire.status import StatsShare
 from hidsd.wire.verbs import CONTROLLERS, PEER_STATS
 
-from .procs import CpuMeter, log_events, process_cpu_s
-from .report import ROOT, BenchError, Option, machine_busy_s
+from .procs import log_events, process_cpu_s
+from .report import ROOT, BenchError, Option
 from .stack import Stack
 
 
@@ -144,6 +145,22 @@ class ControllerSet:
             good = good + 1 if ok else 0
             await asyncio.sleep(0.3)
 
+    async def wait_expected(self, hosts: set[str], timeout: float) -> tuple[int, float]:
+        """Until the controllers' `expected` (fleet scope: what hidsctl asks before it issues a
+        command) lists every one of `hosts` online, or `timeout`; returns how many it listed
+        and the seconds waited."""
+        t0 = time.monotonic()
+        seen = 0
+        while time.monotonic() - t0 < timeout:
+            self.check_alive()
+            got = await fetch_expected(self.stack.bus, self.subjects, Scope.FLEET, FLEET_TARGET,
+                                       1.0)  # fmt: skip
+            seen = len(hosts.intersection(got.online)) if got is not None else 0
+            if seen >= len(hosts):
+                break
+            await asyncio.sleep(0.5)
+        return seen, round(time.monotonic() - t0, 2)
+
     async def peer_stats(self, timeout: float = 10.0) -> tuple[float, float, dict[str, StatsShare]]:
         """(last reply time, slowest request, stats per controller name), each member asked
         directly (`ctlpeer.<id>.stats`)."""
@@ -183,39 +200,3 @@ class ControllerSet:
                     done.setdefault(s.name, round(now - t0, 2))
             await asyncio.sleep(0.5)
         return done
-
-
-@dataclass
-class MachineShare:
-    """What the machine did over a phase besides this benchmark's processes (`meter`'s):
-    busy_pct of every core, benchmark_cpu_pct and foreign_cpu_pct (100 = one core), so a
-    phase that other work slowed down can be told apart (and run again)."""
-
-    meter: CpuMeter
-    t0: float = 0.0
-    busy0: float = 0.0
-    cpu0: dict[str, float | None] = field(default_factory=dict)
-
-    def start(self) -> MachineShare:
-        self.t0, self.busy0, self.cpu0 = time.monotonic(), machine_busy_s(), self.meter.sample()
-        return self
-
-    def figures(self) -> dict[str, float]:
-        wall = max(1e-9, time.monotonic() - self.t0)
-        busy = (machine_busy_s() - self.busy0) / wall * 100
-        ours = (self.meter.since(self.cpu0)["all"] or 0.0) / 1000 / wall * 100
-        return {"busy_pct": round(busy / (os.cpu_count() or 1), 1),
-                "benchmark_cpu_pct": round(ours, 1),
-                "foreign_cpu_pct": round(max(0.0, busy - ours), 1)}  # fmt: skip
-
-
-async def wait_for_quiet(meter: CpuMeter, quiet_pct: float, limit_s: float) -> float:
-    """Wait (at most `limit_s`) until other processes use under `quiet_pct` of a core over
-    2 s; returns the seconds waited (other work on a small machine shows as our latency)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit_s:
-        share = MachineShare(meter).start()
-        await asyncio.sleep(2.0)
-        if share.figures()["foreign_cpu_pct"] <= quiet_pct:
-            break
-    return round(time.monotonic() - t0, 1)

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .report import machine_busy_s
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -58,3 +63,39 @@ def log_events(logs: Iterable[Path]) -> dict[str, int]:
                 if isinstance(rec, dict):
                     counts[f"{rec.get('level', '?')}:{rec.get('event', '?')}"] += 1
     return dict(counts)
+
+
+@dataclass
+class MachineShare:
+    """What the machine did over a phase besides this benchmark's processes (`meter`'s):
+    busy_pct of every core, benchmark_cpu_pct and foreign_cpu_pct (100 = one core), so a
+    phase that other work slowed down can be told apart (and run again)."""
+
+    meter: CpuMeter
+    t0: float = 0.0
+    busy0: float = 0.0
+    cpu0: dict[str, float | None] = field(default_factory=dict)
+
+    def start(self) -> MachineShare:
+        self.t0, self.busy0, self.cpu0 = time.monotonic(), machine_busy_s(), self.meter.sample()
+        return self
+
+    def figures(self) -> dict[str, float]:
+        wall = max(1e-9, time.monotonic() - self.t0)
+        busy = (machine_busy_s() - self.busy0) / wall * 100
+        ours = (self.meter.since(self.cpu0)["all"] or 0.0) / 1000 / wall * 100
+        return {"busy_pct": round(busy / (os.cpu_count() or 1), 1),
+                "benchmark_cpu_pct": round(ours, 1),
+                "foreign_cpu_pct": round(max(0.0, busy - ours), 1)}  # fmt: skip
+
+
+async def wait_for_quiet(meter: CpuMeter, quiet_pct: float, limit_s: float) -> float:
+    """Wait (at most `limit_s`) until other processes use under `quiet_pct` of a core over
+    2 s; returns the seconds waited (other work on a small machine shows as our latency)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        share = MachineShare(meter).start()
+        await asyncio.sleep(2.0)
+        if share.figures()["foreign_cpu_pct"] <= quiet_pct:
+            break
+    return round(time.monotonic() - t0, 1)

@@ -266,23 +266,6 @@ class Budget:
         return max(floor_s, self.left() * fraction)
 
 
-def wait_quiet(max_busy: float = 0.25, window_s: float = 2.0, timeout_s: float = 60.0) -> float:
-    """Wait until other work uses under `max_busy` of the machine's cores over `window_s`
-    (measurements side by side are only fair on a quiet machine); returns the last busy
-    fraction seen, and warns if the machine never got quiet."""
-    cores = os.cpu_count() or 1
-    end = time.monotonic() + timeout_s
-    while True:
-        b0 = machine_busy_s()
-        time.sleep(window_s)
-        busy = (machine_busy_s() - b0) / window_s / cores
-        if busy < max_busy or time.monotonic() >= end:
-            break
-    if busy >= max_busy:
-        warn(f"the machine stayed busy ({busy:.0%} of {cores} cores): figures may be off")
-    return round(busy, 3)
-
-
 def print_rows(title: str, rows: Sequence[tuple[str, str]], quick: bool = False) -> None:
     """A summary as aligned `label  value` lines under a title."""
     width = max((len(k) for k, _ in rows), default=10)
