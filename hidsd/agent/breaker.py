@@ -55,6 +55,9 @@ class PluginLoad:
     #: the kernel's CPU cap on it now, % of a core (None: no cgroup); a plugin pinned at its
     #: cap is breaching even though the cap keeps the number low
     cap_pct: float | None = None
+    #: its cap is not judged yet (it started less than a window ago): a restored plugin must
+    #: be judged before recovery can call it calm
+    settling: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +316,7 @@ class Breaker:
         elif st is BreakerState.RECOVERING:
             if self._sustained(1, s.at):
                 return self._relapse(s, a)
-            if self._calm_for(self.cfg.window_s, s.at):
+            if self._calm_for(self.cfg.window_s, s.at) and not self._restored_settling(s):
                 return self._recover(s, a)
         return []
 
@@ -369,6 +372,12 @@ class Breaker:
             self._acted_at = s.at  # each restore gets its own calm window
             return []
         return [self._go(BreakerState.RECOVERING, reason, s, a)]
+
+    def _restored_settling(self, s: Sample) -> bool:
+        """The plugin just restored has not run long enough for its cap to be judged: a burner
+        held at a throttled cap looks calm until then, and would be called recovered."""
+        last = self._last_restored
+        return last is not None and last in s.plugins and s.plugins[last].settling
 
     def _relapse(self, s: Sample, a: Assessment) -> list[Transition]:
         """A breach while recovering: the plugin just restored is the suspect."""

@@ -198,7 +198,7 @@ class BreakerService:
             # plugin has run a window; every other threshold counts from its first sample.
             young = time.monotonic() - runner.started_at < self.cfg.window_s + self.cfg.interval_s
             cap = None if young else self._cap_pct()
-            plugins[name] = PluginLoad(cpu * 100, usage.mem_bytes, rate, cap)
+            plugins[name] = PluginLoad(cpu * 100, usage.mem_bytes, rate, cap, settling=young)
         self._prev = seen
         hp = read_host_pressure()
         return Sample(

@@ -225,3 +225,20 @@ def test_a_plugin_pinned_at_its_cgroup_cap_is_throttled_then_shed(clock: Clock) 
     c2 = Clock(Breaker(CFG, 0.0))
     c2.run(6, {**calm(), "drill": PluginLoad(1.0, 10 << 20, 0.0, cap_pct=10.0)})
     assert c2.b.state is S.NORMAL
+
+
+def test_a_restored_burner_is_judged_before_recovery_calls_it_calm(clock: Clock) -> None:
+    """The cap of a plugin counts once it has run a window (its start-up may sit at a cap the
+    throttle cut): a restored burner looks calm until then, so recovering waits for it and
+    then denylists it, rather than calling it recovered and shedding it again and again."""
+    clock.run(6, calm())
+    pinned = {**calm(), "drill": PluginLoad(2.4, 10 << 20, 0.0, cap_pct=2.5)}
+    clock.run(3, pinned)
+    assert clock.run(3, pinned) is S.SHEDDING
+    clock.run(4, calm())  # the cool-down: drill held
+    assert clock.b.state is S.RECOVERING and clock.b.blocked(WANTED) == set()
+    young = {**calm(), "drill": PluginLoad(2.4, 10 << 20, 0.0, cap_pct=None, settling=True)}
+    assert clock.run(4, young) is S.RECOVERING  # a calm window, but drill not judged yet
+    assert clock.run(3, pinned) is S.SHEDDING
+    assert "drill breached again after restore: denylisted" in clock.log[-1][3]
+    assert "drill" in clock.b.denylist
