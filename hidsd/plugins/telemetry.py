@@ -168,12 +168,12 @@ class Pipeline:
                         frame = await wait_timeout(self._queue.get(), left)
                     except TimeoutError:
                         break
+            if carry is not None:
+                self._carry = carry  # before any wait: a stop while we wait must see it
             while len(self._ready) >= self.max_ready_batches:
                 # the bus is slower than the plugin: stop taking frames (backpressure)
                 self._space.clear()
                 await self._space.wait()
-            if carry is not None:
-                self._carry = carry
             self._parts = []
             if parts:
                 batch = Batch(self.epoch, self.next_seq, len(parts), b"".join(parts))

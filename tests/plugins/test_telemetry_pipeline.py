@@ -114,6 +114,29 @@ async def test_cancel_swallowed_by_publish_still_stops_the_pipeline(tmp_path: Pa
     assert p.stop_report["saved_to_spool"] == 0 and len(p.spool) == 0
 
 
+async def test_stop_while_waiting_for_the_bus_keeps_the_frame_that_starts_the_next_batch(
+    tmp_path: Path,
+) -> None:
+    """The batcher closed a batch on its byte cap and holds the frame that did not fit while it
+    waits for the publisher (ready batches at their bound): a stop then spools that frame too."""
+
+    async def down(subject: str, body: bytes, headers: dict[str, str]) -> None:
+        await asyncio.sleep(3600)
+
+    p = _pipeline(tmp_path, down, batch_max_bytes=250, batch_max_records=100)
+    p.max_ready_batches = 1
+    for i in range(7):
+        await p.offer(_frame(i))
+    task = asyncio.create_task(p.run())
+    await asyncio.sleep(0.3)  # one batch out (its publish hangs), the next one waiting
+    task.cancel()
+    await asyncio.wait([task])
+    assert p.counters["batches"] == 1
+    p.save_unsent()
+    assert p.counters["frames_in"] == 7
+    assert p.stop_report["saved_to_spool"] == 7
+
+
 async def test_offer_cancelled_while_the_queue_is_full_loses_nothing(tmp_path: Path) -> None:
     """`block`: a reader waiting for queue space when the plugin stops; its frame was counted
     in frames_in, so the stop spools it with the rest."""
