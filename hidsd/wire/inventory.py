@@ -15,10 +15,11 @@ caller's limit, so a zlib bomb is refused before it is inflated.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from hidsd.base.errors import ProtocolError
 from hidsd.wire.codec import get_field, pack, unpack
@@ -30,10 +31,12 @@ ROW_FIELDS = ("ecosystem", "name", "version", "arch", "source", "source_version"
 _WHAT = "inventory record"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class PackageRow:
+class PackageRow(NamedTuple):
     """One installed package. The source package travels with it because Debian and Alpine
-    advisories name source packages (DSA "openssl" covers the libssl3 binary)."""
+    advisories name source packages (DSA "openssl" covers the libssl3 binary).
+
+    A named tuple, not a dataclass: a controller decodes a thousand of them per host and
+    inventory (a frozen dataclass's constructor made indexing 3x slower); ordered by field."""
 
     ecosystem: str
     name: str
@@ -43,8 +46,7 @@ class PackageRow:
     source_version: str = ""
 
     def to_list(self) -> list[str]:
-        return [self.ecosystem, self.name, self.version, self.arch, self.source,
-                self.source_version]  # fmt: skip
+        return list(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +104,23 @@ def _inflate(z: bytes, max_bytes: int) -> bytes:
 def _row(r: Any, i: int) -> PackageRow:
     """A row of at least three strings; fields a sender does not have are empty, fields a
     newer sender adds are ignored."""
-    if not isinstance(r, list) or len(r) < 3:
+    if type(r) is not list or len(r) < 3:
         raise ProtocolError(f"{_WHAT}: package row {i} must be a list of at least 3 strings", row=i)
     values = r[: len(ROW_FIELDS)]
-    if not all(isinstance(v, str) for v in values):
+    if set(map(type, values)) != {str}:  # in C: a thousand rows per inventory
         raise ProtocolError(f"{_WHAT}: package row {i} has a field that is not a string", row=i)
     return PackageRow(*values)
+
+
+def _rows(rows: list[Any]) -> tuple[PackageRow, ...]:
+    """Every row checked and built in C-level passes (a host sends a thousand or more); the
+    first bad one is named by `_row`."""
+    cut = len(ROW_FIELDS)
+    if all(type(r) is list and len(r) >= 3 for r in rows):
+        values = [r[:cut] for r in rows]
+        if not values or set(map(type, itertools.chain.from_iterable(values))) == {str}:
+            return tuple(itertools.starmap(PackageRow, values))
+    return tuple(_row(r, i) for i, r in enumerate(rows))
 
 
 def decode_packages_state(data: bytes, max_bytes: int) -> PackagesState:
@@ -130,6 +143,6 @@ def decode_packages_state(data: bytes, max_bytes: int) -> PackagesState:
         count=count,
         digest=get_field(m, "digest", str, _WHAT),
         reason=get_field(m, "reason", str, _WHAT),
-        packages=tuple(_row(r, i) for i, r in enumerate(rows)),
+        packages=_rows(rows),
         sources=sources,
     )
