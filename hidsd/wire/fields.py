@@ -8,6 +8,7 @@ text."""
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import TypeAlias, TypeVar
@@ -90,7 +91,14 @@ def map_of(read: Reader[T]) -> Reader[dict[str, T]]:
     """A map of text to values each read with `read`."""
 
     def read_map(value: object, where: str) -> dict[str, T]:
-        return {k: read(v, f"{where}.{k}") for k, v in as_map(value, where).items()}
+        m = as_map(value, where)
+        try:
+            # the path of a value is only built when one is wrong (a reply can hold 10,000)
+            return {k: read(v, where) for k, v in m.items()}
+        except ProtocolError:
+            for k, v in m.items():
+                read(v, f"{where}.{k}")
+            raise
 
     return read_map
 
@@ -101,18 +109,26 @@ def list_of(read: Reader[T]) -> Reader[tuple[T, ...]]:
     def read_list(value: object, where: str) -> tuple[T, ...]:
         if not isinstance(value, list | tuple):
             raise _wrong(where, "a list", value)
-        return tuple(read(v, f"{where}[{i}]") for i, v in enumerate(value))
+        try:
+            return tuple([read(v, where) for v in value])
+        except ProtocolError:
+            for i, v in enumerate(value):
+                read(v, f"{where}[{i}]")
+            raise
 
     return read_list
 
 
 def enum_of(kind: type[E]) -> Reader[E]:
+    members = typing.cast(Mapping[object, E], kind._value2member_map_)
+
     def read_enum(value: object, where: str) -> E:
-        try:
-            return kind(as_text(value, where))
-        except ValueError as exc:
-            known = ", ".join(str(e.value) for e in kind)
-            raise ProtocolError(f"{where}: {value!r} is not one of {known}", field=where) from exc
+        member = members.get(value) if type(value) is str else None
+        if member is not None:
+            return member
+        as_text(value, where)
+        known = ", ".join(str(e.value) for e in kind)
+        raise ProtocolError(f"{where}: {value!r} is not one of {known}", field=where)
 
     return read_enum
 

@@ -71,7 +71,8 @@ class WireRecord:
 
     @classmethod
     def from_wire(cls, obj: object, what: str = "") -> Self:
-        return decode(cls, obj, what or cls.wire_what or cls.__name__)
+        out: Self = _codec(cls).read(obj, what or cls.wire_what or cls.__name__)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +164,11 @@ def _reader(hint: object, owner: type, name: str) -> Reader[Any]:
         return as_number
     elif isinstance(hint, type) and issubclass(hint, Enum):
         return enum_of(hint)
-    elif isinstance(hint, type) and hasattr(hint, "from_wire"):
+    elif isinstance(hint, type) and hasattr(hint, "from_wire") and not _derived_read(hint):
         own: Reader[Any] = hint.from_wire
         return own
     elif _is_record(hint):
-        record = typing.cast(type, hint)
-        return lambda value, where: decode(record, value, where)
+        return _nested(typing.cast(type, hint))
     raise TypeError(
         f"{owner.__name__}.{name}: no wire reader for {hint!r}; name one in wire_readers"
     )
@@ -177,7 +177,30 @@ def _reader(hint: object, owner: type, name: str) -> Reader[Any]:
 @dataclass(frozen=True, slots=True)
 class _Codec:
     encode: Callable[[Any], dict[str, Plain]]
+    #: from a map already checked to be keyed by text
     decode: Callable[[Mapping[str, object], str], Any]
+    #: from any value (checks it is a map keyed by text first)
+    read: Callable[[object, str], Any]
+
+
+def _derived_read(cls: type) -> bool:
+    """A WireRecord whose `from_wire` is the derived one (not written by hand)."""
+    own = getattr(cls, "from_wire", None)
+    derived = typing.cast(Any, WireRecord.from_wire).__func__
+    return getattr(own, "__func__", None) is derived
+
+
+def _nested(record: type) -> Reader[Any]:
+    """A nested record's compiled reader, looked up on first use (the class may refer to one
+    defined after it)."""
+    found: list[Callable[[object, str], Any]] = []
+
+    def read(value: object, where: str) -> Any:
+        if not found:
+            found.append(_codec(record).read)
+        return found[0](value, where)
+
+    return read
 
 
 def _codec(cls: type) -> _Codec:
@@ -193,6 +216,7 @@ def _compile(cls: Any) -> _Codec:
     env: dict[str, Any] = {"cls": cls, "ProtocolError": ProtocolError}
     enc = ["def encode(o):", "    d = {}"]
     dec = ["def decode(m, what):"]
+    body_at = len(dec)
     for i, f in enumerate(plan):
         env[f"W{i}"], env[f"R{i}"], env[f"D{i}"], env[f"F{i}"] = (
             f.write,
@@ -223,8 +247,11 @@ def _compile(cls: Any) -> _Codec:
             ]
     enc.append("    return d")
     dec.append(f"    return cls({', '.join(f'x{i}' for i in range(len(plan)))})")
-    exec(compile("\n".join(enc + dec), f"<wire codec of {cls.__qualname__}>", "exec"), env)
-    return _Codec(env["encode"], env["decode"])
+    env["as_map"] = as_map
+    checked = ["def read(m, what):", "    m = as_map(m, what)", *dec[body_at:]]
+    source = "\n".join(enc + dec + checked)
+    exec(compile(source, f"<wire codec of {cls.__qualname__}>", "exec"), env)
+    return _Codec(env["encode"], env["decode"], env["read"])
 
 
 def _derive(cls: Any) -> tuple[_Field, ...]:
