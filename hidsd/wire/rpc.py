@@ -13,8 +13,18 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from hidsd.base.errors import ProtocolError
 from hidsd.wire.codec import finite, get_field, pack, unpack
-from hidsd.wire.fields import Plain, WireMap, as_map, as_number, as_plain, as_text, get
-from hidsd.wire.names import Scope, check_name
+from hidsd.wire.fields import (
+    Plain,
+    WireMap,
+    as_map,
+    as_number,
+    as_plain,
+    as_text,
+    enum_of,
+    get,
+    get_or,
+)
+from hidsd.wire.names import FLEET_TARGET, Scope, check_name
 
 
 def encode_event(host: str, event: dict[str, Any], at: float) -> bytes:
@@ -162,10 +172,21 @@ class ExpectedRequest:
 
     @classmethod
     def from_params(cls, params: Mapping[str, object]) -> ExpectedRequest:
-        try:
-            return cls(Scope(str(params["scope"])), str(params["target"]))
-        except (KeyError, ValueError) as exc:
-            raise ProtocolError("expected: needs scope and target") from exc
+        """A scope and its target (a group or host name, or the fleet's `*`), each checked: a
+        list where a name belongs is a clear error, not a target named "['x']"."""
+        what = "expected request"
+        m = _params(params, "expected")
+        if "scope" not in m or "target" not in m:
+            raise ProtocolError("expected: needs scope and target")
+        scope = get(m, "scope", enum_of(Scope), what)
+        target = get(m, "target", as_text, what)
+        if scope is Scope.FLEET:
+            if target != FLEET_TARGET:
+                raise ProtocolError(f"{what}.target: the fleet's target is {FLEET_TARGET!r}",
+                                    field="target")  # fmt: skip
+        else:
+            check_name(target, f"{scope.value} name")
+        return cls(scope, target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,4 +200,6 @@ class AcksRequest:
 
     @classmethod
     def from_params(cls, params: Mapping[str, object]) -> AcksRequest:
-        return cls(str(params.get("cmd_id", "")))
+        """An absent id is "" (no acks recorded); one that is not text is refused."""
+        m = _params(params, "acks")
+        return cls(get_or(m, "cmd_id", as_text, "acks request", ""))

@@ -130,3 +130,23 @@ async def test_a_real_controller_counts_its_verbs(stack: Stack) -> None:
     assert eps["endpoints"]["requests"] == 1 and set(res["peer"]["endpoints"]) == {"query", "stats"}
     code, out, _ = await stack.hidsctl("controllers", "endpoints")
     assert code == 0 and "agents.show" in out
+
+
+async def test_a_malformed_request_from_a_raw_client_is_a_clear_error(stack: Stack) -> None:
+    """A list where a host name belongs (sent by anyone on the bus) is answered as a bad
+    request naming the field, and counted as an error, not as an internal one."""
+    stack.start_controller()
+    await stack.wait_controller()
+    obs = await stack.observer()
+    try:
+        for params in ({"scope": "host", "target": ["web-1"]}, {"scope": 7, "target": "x"}):
+            msg = await obs.nc.request(stack.subjects.ctl("expected"), encode_request(params),
+                                       timeout=5)  # fmt: skip
+            with pytest.raises(ProtocolError, match=r"controller error: expected request\."):
+                decode_reply(msg.data)
+    finally:
+        await obs.close()
+    code, res = await stack.hidsctl_json("controllers", "endpoints")
+    assert code == 0, res
+    expected = res["controller"]["endpoints"]["expected"]
+    assert expected["errors"] == 2 and expected["internal_errors"] == 0

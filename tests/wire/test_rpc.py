@@ -60,8 +60,21 @@ def test_request_params_round_trip() -> None:
     [
         (HostRequest.from_params, {}, "agents.show request: missing field 'host'"),
         (HostRequest.from_params, {"host": 5}, r"agents.show request\.host: expected text"),
-        (ExpectedRequest.from_params, {"scope": "planet", "target": "x"}, "needs scope and"),
         (ExpectedRequest.from_params, {"scope": "fleet"}, "needs scope and target"),
+        (
+            ExpectedRequest.from_params,
+            {"scope": "planet", "target": "x"},
+            r"expected request\.scope: 'planet' is not one of",
+        ),
+        (
+            ExpectedRequest.from_params,
+            {"scope": "host", "target": ["web-1"]},
+            r"expected request\.target: expected text, got list",
+        ),
+        (ExpectedRequest.from_params, {"scope": "group", "target": "web.>"}, "invalid group name"),
+        (ExpectedRequest.from_params, {"scope": "fleet", "target": "web"}, "fleet's target is"),
+        (ExpectedRequest.from_params, [], "expected request: expected a map"),
+        (AcksRequest.from_params, {"cmd_id": ["c-1"]}, r"acks request\.cmd_id: expected text"),
     ],
 )
 def test_bad_request_params_are_refused(parse: Any, params: dict[str, Any], message: str) -> None:
