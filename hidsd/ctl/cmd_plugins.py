@@ -9,6 +9,7 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -16,7 +17,7 @@ import msgpack
 import typer
 from rich.table import Table
 
-from hidsd.base.errors import HidsError
+from hidsd.base.errors import HidsError, ProtocolError
 from hidsd.ctl.common import (
     CtlSettings,
     Exit,
@@ -220,6 +221,8 @@ def events_tail(
     subject = s.subjects.telemetry(host or "*", plugin or "*")
     start = _since(since) if since else None
 
+    skipped: Counter[str] = Counter()
+
     async def go() -> int:
         bus = await connect_bus(s)
         shown = 0
@@ -242,10 +245,14 @@ def events_tail(
                         break
                     continue
                 last = time.monotonic()
-                shown += _show(msg, as_json, count - shown if count else 0)
+                shown += _show(msg, as_json, count - shown if count else 0, skipped)
             await sub.unsubscribe()
         finally:
             await bus.close()
+            if skipped:
+                err.print(f"[yellow]{sum(skipped.values())} malformed batch(es) skipped:[/] "
+                          + "; ".join(f"{k} ({v})" for k, v in skipped.items()),
+                          highlight=False)  # fmt: skip
         return shown
 
     try:
@@ -259,27 +266,43 @@ def events_tail(
         raise typer.Exit(Exit.CONTROLLER) from exc
 
 
-def _show(msg: Any, as_json: bool, limit: int) -> int:
+def _show(msg: Any, as_json: bool, limit: int, skipped: Counter[str]) -> int:
+    """Print a batch's records; a malformed batch (anyone may publish on the stream) is
+    skipped after the records before the fault, and counted in `skipped` by reason."""
     h = msg.headers or {}
     host, plugin = h.get(frames.H_HOST, "?"), h.get(frames.H_PLUGIN, "?")
-    seq = int(h.get(frames.H_SEQ, "0"))
+    try:
+        seq = int(h.get(frames.H_SEQ, "0"))
+    except ValueError:
+        skipped["bad sequence header"] += 1
+        return 0
     n = 0
-    for i, (hdr, payload) in enumerate(frames.iter_frames(msg.data)):
-        if limit and n >= limit:
-            break
-        try:
-            record: Any = msgpack.unpackb(payload, raw=False)
-        except Exception:
-            record = {"undecodable": payload[:64].hex()}
-        when = dt.datetime.fromtimestamp(hdr.ts_ns / 1e9, dt.UTC)
-        if as_json:
-            sys.stdout.write(json.dumps({"host": host, "plugin": plugin, "seq": seq + i,
-                                         "type": hdr.data_type, "time": when.isoformat(),
-                                         "record": record}, default=str) + "\n")  # fmt: skip
-        else:
-            out.print(f"[dim]{when:%H:%M:%S.%f}[/] [cyan]{host}[/] [magenta]{plugin}[/] "
-                      f"#{seq + i} t{hdr.data_type} {record}", highlight=False)  # fmt: skip
-        n += 1
+    try:
+        for i, (hdr, payload) in enumerate(frames.iter_frames(msg.data)):
+            if limit and n >= limit:
+                break
+            n += _show_record(host, plugin, seq + i, hdr, payload, as_json)
+    except ProtocolError as exc:
+        skipped[exc.message] += 1
+        err.print(f"[yellow]skipped the rest of a malformed batch from {host}/{plugin}:[/] "
+                  f"{exc.message}", highlight=False)  # fmt: skip
     if as_json:
         sys.stdout.flush()
     return n
+
+
+def _show_record(host: str, plugin: str, seq: int, hdr: frames.Header, payload: bytes,
+                 as_json: bool) -> int:  # fmt: skip
+    try:
+        record: Any = msgpack.unpackb(payload, raw=False)
+    except Exception:
+        record = {"undecodable": payload[:64].hex()}
+    when = dt.datetime.fromtimestamp(hdr.ts_ns / 1e9, dt.UTC)
+    if as_json:
+        sys.stdout.write(json.dumps({"host": host, "plugin": plugin, "seq": seq,
+                                     "type": hdr.data_type, "time": when.isoformat(),
+                                     "record": record}, default=str) + "\n")  # fmt: skip
+    else:
+        out.print(f"[dim]{when:%H:%M:%S.%f}[/] [cyan]{host}[/] [magenta]{plugin}[/] "
+                  f"#{seq} t{hdr.data_type} {record}", highlight=False)  # fmt: skip
+    return 1

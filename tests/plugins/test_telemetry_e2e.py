@@ -234,3 +234,43 @@ async def test_rate_limit_drop_policy_counts_and_block_policy_pushes_back(stack:
         assert plugin_map(obs.heartbeats["rl-2"], "loadgen")["starts"] == 1
     finally:
         await obs.close()
+
+
+async def test_events_tail_skips_and_counts_a_malformed_batch(stack: Stack) -> None:
+    """Anyone on the bus can store a batch; a truncated one or one with a garbage sequence
+    header is skipped and counted, and the records around it are still shown (exit 0)."""
+    stack.start_controller()
+    await stack.wait_controller()
+    nc = await nats.connect(stack.nats.url)
+    try:
+        js = nc.jetstream()
+        subject = stack.subjects.telemetry("raw-1", "loadgen")
+
+        def batch(first: int, n: int) -> bytes:
+            return b"".join(frames.frame(900, msgpack.packb({"n": first + i}), 1) for i in range(n))
+
+        def headers(seq: str) -> dict[str, str]:
+            return {frames.H_HOST: "raw-1", frames.H_PLUGIN: "loadgen", frames.H_SEQ: seq}
+
+        async def stored() -> bool:
+            try:
+                await js.publish(subject, batch(0, 2), headers=headers("1"))
+            except Exception:  # the controller has not made the stream yet
+                return False
+            return True
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while not await stored():
+            assert asyncio.get_running_loop().time() < deadline, "no telemetry stream"
+            await asyncio.sleep(0.2)
+        await js.publish(subject, batch(2, 2)[:-3], headers=headers("3"))  # truncated
+        await js.publish(subject, batch(4, 1), headers=headers("not-a-number"))
+        await js.publish(subject, batch(5, 2), headers=headers("6"))
+    finally:
+        await nc.close()
+    code, out, err = await stack.hidsctl("events", "tail", "--host", "raw-1", "--since", "1h",
+                                         "--idle-exit", "1.5", "--json")  # fmt: skip
+    assert code == 0, err
+    assert [json.loads(line)["record"]["n"] for line in out.splitlines()] == [0, 1, 2, 5, 6]
+    assert "2 malformed batch(es) skipped" in err
+    assert "truncated frame payload" in err and "bad sequence header" in err
