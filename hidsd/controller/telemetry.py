@@ -75,10 +75,15 @@ class TelemetryConsumer:
         #: the stream exists and the consumer runs (False: JetStream unavailable, retried)
         self.ok = False
 
-    def account(self, headers: dict[str, str], body_len: int) -> None:
-        """Per host+plugin: records, batches, and gaps or repeats in the sequence."""
+    def account(self, headers: dict[str, str], body_len: int, subject: str | None = None) -> None:
+        """Per host+plugin: records, batches, and gaps or repeats in the sequence. A batch whose
+        headers name another host or plugin than its subject is not counted for either (a
+        client storing batches "as" another host would skew that host's accounting)."""
         host = headers.get(frames.H_HOST, "?")
         plugin = headers.get(frames.H_PLUGIN, "?")
+        if subject is not None and subject != self.subjects.telemetry(host, plugin):
+            self.counters["telemetry_subject_mismatch"] += 1
+            return
         try:
             epoch = int(headers.get(frames.H_EPOCH, "0"))
             seq = int(headers.get(frames.H_SEQ, "0"))
@@ -103,7 +108,7 @@ class TelemetryConsumer:
         while True:
             msgs = await consumer.fetch(FETCH_BATCH, FETCH_TIMEOUT_S)
             for msg in msgs:
-                self.account(dict(msg.headers or {}), len(msg.data))
+                self.account(dict(msg.headers or {}), len(msg.data), msg.subject)
                 await msg.ack()
             self.counters["telemetry_batches"] += len(msgs)
 

@@ -56,9 +56,14 @@ async def test_consumes_the_stream_it_creates(tmp_path: Path) -> None:
         for seq in (1, 4):
             headers = frames.batch_headers("h1", "procmon", 7, seq, 3)
             await bus.js_publish(subjects.telemetry("h1", "procmon"), b"x" * 10, headers)
-        await wait_for(lambda: tel.counters["telemetry_batches"] == 2, 10, "both batches")
+        # stored on its own subject, but claiming to be h1's: not counted for h1 (or anyone)
+        forged = frames.batch_headers("h1", "procmon", 7, 7, 100)
+        await bus.js_publish(subjects.telemetry("evil", "procmon"), b"x" * 10, forged)
+        await wait_for(lambda: tel.counters["telemetry_batches"] == 3, 10, "three batches")
         st = tel.accounts["h1/procmon"].snapshot()
         assert (st.records, st.batches, st.gaps, st.next_seq) == (6, 2, 0, 7)
+        assert tel.counters["telemetry_subject_mismatch"] == 1
+        assert set(tel.accounts) == {"h1/procmon"}
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
